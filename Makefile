@@ -1,0 +1,43 @@
+# phibox: the two commands a newcomer needs are `make test` and `make demo`.
+# Everything is installed here, pinned by constraints.txt; nothing is installed by hand.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+STAMP := $(VENV)/.phibox-installed
+PYTEST_ARGS ?=
+
+.PHONY: help install test lint constraints clean
+
+help:
+	@echo "make test    install everything pinned into $(VENV) and run the whole test suite"
+	@echo "make lint    ruff over the code"
+	@echo "make clean   remove $(VENV) (build caches in ~/.cache/phibox stay)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned, so no other package can pull torch's CUDA build (several GB).
+# llama-cpp-python compiles from source once (about 5 minutes); pip caches the built wheel.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install --quiet -c constraints.txt --upgrade pip setuptools wheel
+	$(PIP) install -c constraints.txt torch==2.13.0
+	$(PIP) install -c constraints.txt -e '.[all]'
+	$(BIN)/phibox converter fetch
+	touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check device export train tests
+
+# After a deliberate upgrade: rebuild the pins from what is installed, then run make test.
+constraints: $(STAMP)
+	@echo "edit versions in constraints.txt by hand; installed now:"; $(PIP) freeze --exclude-editable
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,91 @@
+"""The ``phibox`` command. Subcommands are registered by module name and imported only when run.
+
+``phibox --help`` and every device command's ``--help`` import no heavy library: the module of a
+command is imported only once that command is chosen, so ``phibox serve`` never pays for torch.
+A command module provides ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
+
+from device import __version__
+from device.errors import MissingExtraError, PhiboxError
+
+
+@dataclass(frozen=True)
+class Command:
+    """A registered subcommand: where it lives, one help line, and the extra it needs."""
+
+    module: str
+    help: str
+    extra: str
+
+
+COMMANDS: dict[str, Command] = {
+    "doctor": Command("device.doctor", "check this machine's runtimes, SQLite and extensions", "device"),
+    "keygen": Command("export.keys", "make an Ed25519 key pair for signing bundles", "export"),
+    "converter": Command(
+        "export.llama_kit", "set up or locate llama.cpp's GGUF converter (export boxes)", "export"
+    ),
+}
+"""Every subcommand, by name. Keep the help lines short: they make up `phibox --help`."""
+
+
+def build_parser(selected: str | None) -> tuple[argparse.ArgumentParser, ModuleType | None]:
+    """The parser with every command listed; only the selected command's module is imported."""
+    parser = argparse.ArgumentParser(
+        prog="phibox",
+        description="phibox: Phi-3 as an offline expert on one plant's machines.",
+    )
+    parser.add_argument("--version", action="version", version=f"phibox {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    module = None
+    for name, cmd in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=cmd.help, description=cmd.help)
+        if name == selected:
+            module = load_command(name)
+            module.add_arguments(sub)
+    return parser, module
+
+
+def load_command(name: str) -> ModuleType:
+    """Import a command's module, turning a missing optional dependency into a clear error."""
+    cmd = COMMANDS[name]
+    try:
+        return importlib.import_module(cmd.module)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("device", "export", "train"):
+            raise
+        raise MissingExtraError(
+            f"`phibox {name}` needs {exc.name}, which is not installed here: "
+            f"pip install 'phibox[{cmd.extra}]'"
+        ) from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``phibox`` console script."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in args_list if not a.startswith("-")), None)
+    try:
+        parser, module = build_parser(selected if selected in COMMANDS else None)
+        args = parser.parse_args(args_list)
+        if module is None:
+            parser.print_help()
+            return 2
+        return int(module.run(args) or 0)
+    except PhiboxError as exc:
+        print(f"phibox: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("phibox: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

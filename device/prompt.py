@@ -1,0 +1,102 @@
+"""The prompt contract: the one place that turns a question and its passages into Phi-3's prompt.
+
+train/ renders its RAG-style training examples with these same functions, so the fine-tuned model
+sees at training time exactly the text it meets on the device. Standard library only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+SYSTEM_RULES = (
+    "You are the maintenance assistant of this plant. Answer the technician's question using only "
+    "the numbered passages from the plant's manuals. Cite every passage you use as [n]. If the "
+    "passages do not contain the answer, say plainly that the manuals do not cover it. Keep the "
+    "answer short and practical."
+)
+"""The system message: answer only from the passages, cite them as [n], say when they don't help."""
+
+NO_PASSAGES = "(No passages from the manuals matched this question.)"
+"""Stands in the passage block when retrieval found nothing, so the model says it doesn't know."""
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One retrieved piece of a manual, as the model sees it."""
+
+    source: str
+    """Document path or title, shown to the model and in citations."""
+    text: str
+    heading: str = ""
+    """Heading path inside the document, e.g. "Hydraulic press > Faults"; empty when unknown."""
+    page: int | None = None
+    """1-based page number for PDFs; None otherwise."""
+
+    def label(self) -> str:
+        """The source line shown after the passage number: source, heading and page."""
+        parts = [self.source]
+        if self.heading:
+            parts.append(self.heading)
+        if self.page is not None:
+            parts.append(f"page {self.page}")
+        return " — ".join(parts)
+
+
+def format_passages(passages: Sequence[Passage]) -> str:
+    """Number the passages [1]..[k], each with its source line, separated by blank lines."""
+    if not passages:
+        return NO_PASSAGES
+    blocks = [f"[{n}] {p.label()}\n{p.text.strip()}" for n, p in enumerate(passages, start=1)]
+    return "\n\n".join(blocks)
+
+
+def user_message(question: str, passages: Sequence[Passage]) -> str:
+    """The user turn: the numbered passages, then the question."""
+    question = question.strip()
+    if not question:
+        raise ValueError("the question is empty: type what you want to know")
+    return f"Passages:\n{format_passages(passages)}\n\nQuestion: {question}"
+
+
+def build_messages(question: str, passages: Sequence[Passage]) -> list[dict[str, str]]:
+    """Chat messages for a RAG question: system rules, then passages and question as the user."""
+    return [
+        {"role": "system", "content": SYSTEM_RULES},
+        {"role": "user", "content": user_message(question, passages)},
+    ]
+
+
+def render_chat(messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    """Render messages exactly as Phi-3's chat template does.
+
+    Each turn is ``<|role|>\\n{content}<|end|>\\n``; a generation prompt ends with
+    ``<|assistant|>\\n``; a finished conversation (training text) ends with ``<|endoftext|>``.
+    """
+    out = []
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ROLES:
+            raise ValueError(f"message {i} has role {role!r}; Phi-3 knows {', '.join(ROLES)}")
+        out.append(f"<|{role}|>\n{message['content']}<|end|>\n")
+    out.append("<|assistant|>\n" if add_generation_prompt else "<|endoftext|>")
+    return "".join(out)
+
+
+def build_prompt(question: str, passages: Sequence[Passage]) -> str:
+    """The full Phi-3 prompt for a question and its passages, ready for generation."""
+    return render_chat(build_messages(question, passages), add_generation_prompt=True)
+
+
+PHI3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+"""Phi-3's Jinja chat template, for tokenizers that phibox builds or checks (tiny test models)."""

@@ -1,0 +1,1 @@
+"""phibox export stage: merged checkpoint -> GGUF / ONNX / embedder -> signed bundle."""

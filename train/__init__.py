@@ -1,0 +1,1 @@
+"""phibox train stage: QLoRA fine-tuning of Phi-3 and merging the adapter."""
