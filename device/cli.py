@@ -30,6 +30,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "doctor": Command("device.doctor", "check this machine's runtimes, SQLite and extensions", "device"),
     "keygen": Command("export.keys", "make an Ed25519 key pair for signing bundles", "export"),
+    "train": Command("train.cli_train", "fine-tune Phi-3 on a plant's Q&A (QLoRA; GPU box)", "train"),
+    "merge": Command("train.cli_merge", "merge a training run's adapter into the full-precision base", "train"),
     "converter": Command(
         "export.llama_kit", "set up or locate llama.cpp's GGUF converter (export boxes)", "export"
     ),

@@ -69,20 +69,41 @@ def build_messages(question: str, passages: Sequence[Passage]) -> list[dict[str,
     ]
 
 
+def _turn(role: str, content: str) -> str:
+    return f"<|{role}|>\n{content}<|end|>\n"
+
+
+def _check_roles(messages: Sequence[dict[str, str]]) -> None:
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ROLES:
+            raise ValueError(f"message {i} has role {role!r}; Phi-3 knows {', '.join(ROLES)}")
+
+
 def render_chat(messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
     """Render messages exactly as Phi-3's chat template does.
 
     Each turn is ``<|role|>\\n{content}<|end|>\\n``; a generation prompt ends with
     ``<|assistant|>\\n``; a finished conversation (training text) ends with ``<|endoftext|>``.
     """
-    out = []
-    for i, message in enumerate(messages):
-        role = message.get("role")
-        if role not in ROLES:
-            raise ValueError(f"message {i} has role {role!r}; Phi-3 knows {', '.join(ROLES)}")
-        out.append(f"<|{role}|>\n{message['content']}<|end|>\n")
+    _check_roles(messages)
+    out = [_turn(m["role"], m["content"]) for m in messages]
     out.append("<|assistant|>\n" if add_generation_prompt else "<|endoftext|>")
     return "".join(out)
+
+
+def assistant_spans(messages: Sequence[dict[str, str]]) -> list[tuple[int, int]]:
+    """Character spans, in ``render_chat(messages, add_generation_prompt=False)``, of what the model
+    must learn to write: each assistant message's content and the ``<|end|>`` that closes it."""
+    _check_roles(messages)
+    spans, pos = [], 0
+    for m in messages:
+        turn = _turn(m["role"], m["content"])
+        if m["role"] == "assistant":
+            start = pos + len(f"<|{m['role']}|>\n")
+            spans.append((start, start + len(m["content"]) + len("<|end|>")))
+        pos += len(turn)
+    return spans
 
 
 def build_prompt(question: str, passages: Sequence[Passage]) -> str:
