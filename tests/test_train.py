@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_data import FACTS, HELD_OUT_PHRASING, memorizable, write_jsonl
+from train_data import FACTS, HELD_OUT_PHRASING, write_jsonl
 
 from device.cli import main
 from device.errors import ConfigError
@@ -21,22 +21,6 @@ from train.config import TrainConfig, load_config
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = ROOT / "train" / "configs" / "tiny-test.toml"
 PHI3_TARGETS = {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[Path, Path]:
-    return memorizable(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def lora_run(tiny_phi3: Path, data, tmp_path_factory) -> Path:
-    """A plain-LoRA run long enough to memorize the facts (about 25 s on 2 cores)."""
-    out = tmp_path_factory.mktemp("runs") / "lora"
-    rc = main(["train", "--base", str(tiny_phi3), "--data", str(data[0]), "--eval-data", str(data[1]),
-               "--out", str(out), "--config", str(TINY_CONFIG), "--method", "lora", "--max-steps", "200",
-               "--no-progress"])
-    assert rc == 0
-    return out
 
 
 def test_training_lowers_eval_loss_and_answers_held_out_questions(lora_run: Path) -> None:
@@ -100,11 +84,11 @@ def test_merged_folder_is_complete_for_export(lora_run: Path, tmp_path: Path, hf
     assert main(["merge", str(lora_run), "--out", str(merged_dir)]) == 1  # never overwrites
 
 
-def test_qlora_trains_a_4bit_base_on_cpu(tiny_phi3: Path, data, tmp_path: Path) -> None:
+def test_qlora_trains_a_4bit_base_on_cpu(tiny_phi3: Path, train_data, tmp_path: Path) -> None:
     from train.finetune import finetune
 
     cfg = load_config(TINY_CONFIG, method="qlora", max_steps=40, compute_dtype="float32")
-    result = finetune(tiny_phi3, data[0], tmp_path / "q", cfg, eval_path=data[1], show_progress=False)
+    result = finetune(tiny_phi3, train_data[0], tmp_path / "q", cfg, eval_path=train_data[1], show_progress=False)
     assert result.eval_loss_after < result.eval_loss_before - 0.5
     counts = json.loads((tmp_path / "q" / "metrics.json").read_text())["lora_modules"]
     assert set(counts) == PHI3_TARGETS
@@ -157,12 +141,12 @@ def test_a_run_folder_refuses_different_data(tiny_phi3: Path, lora_run: Path, tm
     assert rc == 1 and "different data" in capsys.readouterr().err
 
 
-def test_killed_run_resumes_from_its_checkpoint(tiny_phi3: Path, data, tmp_path: Path) -> None:
+def test_killed_run_resumes_from_its_checkpoint(tiny_phi3: Path, train_data, tmp_path: Path) -> None:
     out = tmp_path / "run"
     config = tmp_path / "resume.toml"
     config.write_text(TINY_CONFIG.read_text().replace("save_every = 50", "save_every = 10"))
-    cmd = [sys.executable, "-m", "device.cli", "train", "--base", str(tiny_phi3), "--data", str(data[0]),
-           "--eval-data", str(data[1]), "--out", str(out), "--config", str(config), "--method", "lora",
+    cmd = [sys.executable, "-m", "device.cli", "train", "--base", str(tiny_phi3), "--data", str(train_data[0]),
+           "--eval-data", str(train_data[1]), "--out", str(out), "--config", str(config), "--method", "lora",
            "--max-steps", "150", "--no-progress"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
@@ -186,13 +170,13 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_phi3: Path, data, tmp_path:
     assert log_steps[-(150 - killed_at):] == list(range(killed_at + 1, 151))
 
 
-def test_same_command_runs_data_parallel_under_accelerate_launch(tiny_phi3: Path, data, tmp_path: Path) -> None:
+def test_same_command_runs_data_parallel_under_accelerate_launch(tiny_phi3: Path, train_data, tmp_path: Path) -> None:
     """Two CPU processes (gloo) stand in for two GPUs: same command, twice the examples per step."""
     out = tmp_path / "ddp"
     accelerate = Path(sys.executable).parent / "accelerate"
     cmd = [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "device.cli", "train",
-           "--base", str(tiny_phi3), "--data", str(data[0]), "--eval-data", str(data[1]), "--out", str(out),
+           "--base", str(tiny_phi3), "--data", str(train_data[0]), "--eval-data", str(train_data[1]), "--out", str(out),
            "--config", str(TINY_CONFIG), "--method", "lora", "--max-steps", "10", "--no-progress"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -44,10 +44,10 @@ PHI3_ADDED_TOKENS = (
 
 @dataclass(frozen=True)
 class TinySpec:
-    """Shape of the stand-in model. The defaults make a ~5 M parameter Phi-3."""
+    """Shape of the stand-in model. The defaults make a ~4 M parameter Phi-3 (vocab 1024, MLP 768)."""
 
     hidden_size: int = 256
-    intermediate_size: int = 1024
+    intermediate_size: int = 768
     num_layers: int = 4
     num_heads: int = 8
     sp_vocab_size: int = 1000
@@ -60,6 +60,9 @@ class TinySpec:
             raise ValueError("hidden_size must be a multiple of num_heads")
         if self.sp_vocab_size < 400:
             raise ValueError("sp_vocab_size must leave room for 256 byte pieces and real pieces")
+        if self.intermediate_size == self.vocab_size:
+            # onnxruntime-genai's builder takes any Linear with vocab_size outputs for the LM head.
+            raise ValueError("intermediate_size must differ from the padded vocab size")
 
     @property
     def vocab_size(self) -> int:

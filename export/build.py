@@ -1,0 +1,107 @@
+"""The export run: each step in order, in a staging folder, ending in one signed bundle file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from device.bundle import Embedder, load_private_key
+from device.errors import ConfigError
+from export import parity
+from export.pipeline import ExportConfig, Steps, build_manifest, check_merged, check_onnx_memory, clean_stale_staging
+
+
+def export_bundle(merged: Path, key_path: Path, out_path: Path, cfg: ExportConfig,
+                  say: Callable[[str], None] = print) -> Path:
+    """Build, check and sign a bundle from a merged checkpoint; returns the bundle path."""
+    if out_path.suffix != ".phibox":
+        raise ConfigError(f"--out {out_path} should end in .phibox")
+    if out_path.exists():
+        raise ConfigError(f"{out_path} already exists: choose another --out (bundles are never overwritten)")
+    config = check_merged(merged)
+    key = load_private_key(key_path)  # fail before any long step
+    if "onnx" in cfg.formats:
+        check_onnx_memory(config)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_staging(out_path.parent)
+    staging = out_path.parent / f".phibox-export-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        return _run(merged, key, out_path, cfg, staging, say)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _run(merged: Path, key, out_path: Path, cfg: ExportConfig, staging: Path,
+         say: Callable[[str], None]) -> Path:
+    from export.embedder import default_embedder_dir, export_embedder
+    from export.gguf import convert_to_gguf, quantize_gguf
+    from export.llama_kit import find_kit
+    from export.onnx_genai import build_onnx_genai
+    from export.pack import write_bundle
+
+    files, work = staging / "bundle", staging / "work"
+    files.mkdir()
+    work.mkdir()
+    steps = Steps(2 * ("gguf" in cfg.formats) + ("onnx" in cfg.formats) + 3, say)
+    gguf_path = files / "model" / f"phi3-{cfg.quant.lower()}.gguf"
+    onnx_dir = files / "onnx"
+    if "gguf" in cfg.formats:
+        kit = find_kit()
+        f16 = steps.run("convert to GGUF f16 (llama.cpp converter)", lambda: convert_to_gguf(
+            kit, merged, work / "model-f16.gguf", model_name=f"phi3-{cfg.name}"), work / "model-f16.gguf")
+        gguf_path.parent.mkdir()
+        steps.run(f"quantize GGUF to {cfg.quant}", lambda: quantize_gguf(f16, gguf_path, cfg.quant), gguf_path)
+    if "onnx" in cfg.formats:
+        steps.run("build ONNX int4 (onnxruntime-genai builder)", lambda: build_onnx_genai(
+            merged, onnx_dir, block_size=cfg.onnx_block_size, accuracy_level=cfg.onnx_accuracy_level), onnx_dir)
+    source = cfg.embedder_dir or default_embedder_dir()
+    report = steps.run("export the sentence embedder to ONNX and check it against torch", lambda: export_embedder(
+        source, files / "embedder", min_cosine=cfg.embedder_min_cosine), files / "embedder")
+    say(f"      embedder {report.id}: {report.dim}-d, cosine vs torch min {report.min_cosine:.6f} "
+        f"over {report.sentences} sentences")
+    (files / "eval").mkdir()
+    results = steps.run("parity gate: merged model vs each format", lambda: run_parity(
+        merged, gguf_path if "gguf" in cfg.formats else None, onnx_dir if "onnx" in cfg.formats else None,
+        cfg, files / "eval" / "parity.json"))
+    say(parity.table(results, cfg.thresholds))
+    problems = parity.failures(results, cfg.thresholds)
+    if problems:
+        kept = out_path.with_name(out_path.stem + ".parity-failed.json")
+        shutil.copy2(files / "eval" / "parity.json", kept)
+        raise parity.ParityError(f"the parity gate failed (full report: {kept}):\n  " + "\n  ".join(problems))
+    manifest = build_manifest(files, cfg, merged, Embedder(report.id, report.dim), results)
+    steps.run("sign and pack the bundle", lambda: write_bundle(files, manifest, key, out_path, staging), out_path)
+    return out_path
+
+
+def run_parity(merged: Path, gguf: Path | None, onnx_dir: Path | None, cfg: ExportConfig,
+               report_path: Path) -> dict[str, parity.FormatResult]:
+    from export.runners import HFRunner, LlamaCppRunner, OnnxGenaiRunner, Runner
+
+    prompts = parity.load_prompts(cfg.parity_prompts)
+    reference = HFRunner(merged)
+    runners: dict[str, Runner] = {}
+    if gguf is not None:
+        runners["gguf"] = LlamaCppRunner(gguf)
+    if onnx_dir is not None:
+        runners["onnx"] = OnnxGenaiRunner(onnx_dir)
+    try:
+        results = parity.run_gate(prompts, reference.tokenize, reference.logits,
+                                  {name: r.logits for name, r in runners.items()}, cfg.thresholds)
+        for prompt in prompts:
+            ids = reference.tokenize(prompt)
+            merged_text = reference.continue_greedy(ids, cfg.continuation_tokens)
+            for name, runner in runners.items():
+                results[name].continuations.append({
+                    "prompt_tail": prompt[-80:], "merged": merged_text,
+                    name: runner.continue_greedy(ids, cfg.continuation_tokens),
+                })
+    finally:
+        for runner in runners.values():
+            runner.close()
+    parity.write_report(report_path, results, cfg.thresholds, prompts)
+    return results

