@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="bundle name (default: the --out file name up to -v<N>)")
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma list of gguf,onnx (default both)")
     parser.add_argument("--quant", default="Q4_K_M", help="GGUF quantization: Q4_K_M, Q4_0 or Q8_0")
+    parser.add_argument("--onnx-block-size", type=int, default=32, help="ONNX int4 block size (16-256)")
+    parser.add_argument("--onnx-accuracy-level", type=int, default=4, help="ONNX int4 accuracy level (0-4)")
     parser.add_argument("--embedder", type=Path, default=None, help="sentence-transformers folder (default MiniLM)")
     parser.add_argument("--parity-prompts", type=Path, default=None,
                         help='JSONL of {"prompt": ...} or {"messages": ...} lines (default: built-in prompts)')
@@ -36,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ExportConfig(
         name=args.name or default_name(args.out), version=args.version,
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()), quant=args.quant,
+        onnx_block_size=args.onnx_block_size, onnx_accuracy_level=args.onnx_accuracy_level,
         embedder_dir=args.embedder, parity_prompts=args.parity_prompts,
         thresholds=Thresholds(min_top1=args.min_top1, max_kl=args.max_kl),
     )

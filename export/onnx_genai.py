@@ -36,6 +36,8 @@ def build_onnx_genai(
         raise OnnxBuildError(f"precision {precision!r} is not one of {PRECISIONS}")
     if block_size not in (16, 32, 64, 128, 256):
         raise OnnxBuildError(f"int4 block size {block_size} must be 16, 32, 64, 128 or 256")
+    if accuracy_level not in range(5):
+        raise OnnxBuildError(f"int4 accuracy level {accuracy_level} must be 0-4 (4: int8 compute, fastest on CPU)")
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="phibox-ortgenai-") as tmp:
         result = _run_builder(model_dir, out_dir, precision, block_size, accuracy_level, cache_dir or Path(tmp))

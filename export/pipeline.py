@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,22 +68,47 @@ class ExportConfig:
 
 
 class Steps:
-    """Numbered progress lines with each step's duration and output size."""
+    """Numbered steps, each with a live elapsed-time line, its duration and its output size."""
 
     def __init__(self, total: int, say: Callable[[str], None] = print) -> None:
         self.total, self.done, self.say = total, 0, say
 
     def run(self, title: str, fn: Callable[[], T], output: Path | None = None) -> T:
         self.done += 1
-        self.say(f"[{self.done}/{self.total}] {title} ...")
+        label = f"[{self.done}/{self.total}] {title}"
         started = time.perf_counter()
-        try:
-            result = fn()
-        except PhiboxError as exc:
-            raise ExportError(f"step {self.done}/{self.total} ({title}) failed: {exc}") from exc
+        with _Ticker(label):
+            try:
+                result = fn()
+            except Exception as exc:  # any failure is reported with the step that hit it
+                raise ExportError(f"step {self.done}/{self.total} ({title}) failed: {exc}") from exc
         size = f", {_size(output) / 1e6:.1f} MB" if output is not None and output.exists() else ""
-        self.say(f"[{self.done}/{self.total}] {title}: done in {time.perf_counter() - started:.1f} s{size}")
+        self.say(f"{label}: done in {time.perf_counter() - started:.1f} s{size}")
         return result
+
+
+class _Ticker:
+    """A progress line counting elapsed seconds while a long native step (quantize, build) runs."""
+
+    def __init__(self, label: str) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=None, desc=label, bar_format="{desc} ... {elapsed}", mininterval=1.0, leave=False)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._tick, daemon=True)
+
+    def _tick(self) -> None:
+        while not self.stop.wait(1.0):
+            self.bar.refresh()
+
+    def __enter__(self) -> _Ticker:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.bar.close()
 
 
 def _size(path: Path) -> int:

@@ -174,7 +174,7 @@ def test_killed_export_leaves_no_bundle(tiny_merged: Path, admin_keys, tmp_path:
                             "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 120
     seen = b""
-    while b"[3/6]" not in seen:  # mid-run: GGUF done, ONNX build under way
+    while b"[2/6]" not in seen:  # mid-run: the GGUF is quantized, the ONNX build starts
         assert proc.poll() is None and time.monotonic() < deadline, seen.decode()
         seen += proc.stdout.readline()
     proc.send_signal(signal.SIGKILL)
