@@ -29,6 +29,9 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "doctor": Command("device.doctor", "check this machine's runtimes, SQLite and extensions", "device"),
+    "ingest": Command("device.cmd_ingest", "index manuals (.md .txt .html .pdf) into the documents database", "device"),
+    "search": Command("device.cmd_search", "show the passages retrieval finds for a question", "device"),
+    "ask": Command("device.cmd_ask", "answer a question from the manuals, streamed, with sources", "device"),
     "keygen": Command("export.keys", "make an Ed25519 key pair for signing bundles", "export"),
     "train": Command("train.cli_train", "fine-tune Phi-3 on a plant's Q&A (QLoRA; GPU box)", "train"),
     "merge": Command("train.cli_merge", "merge a training run's adapter into the full-precision base", "train"),

@@ -102,3 +102,24 @@ def admin_keys(tmp_path_factory) -> tuple[Path, Path]:
     key = tmp_path_factory.mktemp("keys") / "admin.key"
     public, _ = generate_key(key)
     return key, public
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_file(tiny_merged: Path, admin_keys, tmp_path_factory) -> Path:
+    """plant7-v3.phibox: the fine-tuned tiny Phi-3 exported with both formats and signed."""
+    from device.cli import main
+
+    out = tmp_path_factory.mktemp("bundles") / "plant7-v3.phibox"
+    assert main(["export", str(tiny_merged), "--key", str(admin_keys[0]), "--out", str(out), "--version", "3"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tiny_bundle_file: Path, tmp_path_factory) -> Path:
+    """The bundle unpacked, as a device holds it under bundles/<version>/."""
+    import tarfile
+
+    dest = tmp_path_factory.mktemp("bundle-dir")
+    with tarfile.open(tiny_bundle_file) as tar:
+        tar.extractall(dest, filter="data")
+    return dest

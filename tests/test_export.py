@@ -25,19 +25,13 @@ CHAT = render_chat([{"role": "user", "content": "What do I do for fault E31?"}])
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_merged: Path, admin_keys, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bundles") / "plant7-v3.phibox"
-    rc = main(["export", str(tiny_merged), "--key", str(admin_keys[0]), "--out", str(out), "--version", "3"])
-    assert rc == 0
-    return out
+def bundle(tiny_bundle_file: Path) -> Path:
+    return tiny_bundle_file
 
 
 @pytest.fixture(scope="module")
-def unpacked(bundle: Path, tmp_path_factory) -> Path:
-    dest = tmp_path_factory.mktemp("unpacked")
-    with tarfile.open(bundle) as tar:
-        tar.extractall(dest, filter="data")
-    return dest
+def unpacked(tiny_bundle_dir: Path) -> Path:
+    return tiny_bundle_dir
 
 
 def test_bundle_verifies_and_describes_itself(bundle: Path, admin_keys, capsys) -> None:

@@ -1,0 +1,71 @@
+"""EngineConfig: every retrieval and generation setting of the device, documented where defined."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from device.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the device ingests, retrieves and answers. Defaults suit Phi-3-mini Q4_K_M on 2 cores."""
+
+    chunk_tokens: int = 160
+    """Chunk size in embedder tokens (MiniLM reads at most 256)."""
+    chunk_overlap: int = 32
+    """Embedder tokens repeated between neighbouring chunks of one section."""
+    embed_batch: int = 32
+    k: int = 4
+    """Passages given to the model (and shown first to the technician)."""
+    candidates: int = 20
+    """Hits taken from each of vector and keyword search before fusion."""
+    vector_weight: float = 1.0
+    """Weight of vector-search ranks in reciprocal-rank fusion."""
+    keyword_weight: float = 1.0
+    """Weight of FTS5 BM25 ranks in reciprocal-rank fusion."""
+    rrf_k: int = 60
+    """Reciprocal-rank fusion constant: score = sum(weight / (rrf_k + rank))."""
+    min_similarity: float = 0.25
+    """A passage counts only if its cosine similarity reaches this or its keywords matched."""
+    prompt_token_budget: int = 600
+    """Model tokens the RAG prompt may use. Prefill runs ~35 tokens/s on 2 cores: this is latency."""
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    """0 means greedy decoding."""
+    threads: int = 0
+    """CPU threads for the model and embedder; 0 means all cores."""
+    context_window: int = 4096
+    """Tokens the model context holds; prompt + answer must fit."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.chunk_tokens >= 16, "chunk_tokens must be at least 16"),
+            (0 <= self.chunk_overlap < self.chunk_tokens, "chunk_overlap must be below chunk_tokens"),
+            (self.k >= 1 and self.candidates >= self.k, "need 1 <= k <= candidates"),
+            (self.vector_weight >= 0 and self.keyword_weight >= 0, "fusion weights must not be negative"),
+            (-1.0 <= self.min_similarity <= 1.0, "min_similarity is a cosine in [-1, 1]"),
+            (self.prompt_token_budget >= 64, "prompt_token_budget must be at least 64"),
+            (self.max_new_tokens >= 1, "max_new_tokens must be positive"),
+            (self.temperature >= 0, "temperature must not be negative"),
+            (self.threads >= 0, "threads must be 0 (all cores) or more"),
+            (self.context_window >= self.prompt_token_budget + self.max_new_tokens,
+             "context_window must hold prompt_token_budget + max_new_tokens"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"engine config: {message}")
+
+    @property
+    def thread_count(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+    def with_overrides(self, **values: Any) -> EngineConfig:
+        """A copy with the given (non-None) settings changed; unknown names are errors."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown engine settings {unknown}")
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
