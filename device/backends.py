@@ -22,6 +22,10 @@ class ContextOverflowError(PhiboxError):
     """A prompt plus the answer would not fit the model's context window."""
 
 
+class UnsupportedOptionError(PhiboxError):
+    """A generation option this runtime cannot honour."""
+
+
 class Backend(Protocol):
     name: str
     context_window: int
@@ -29,7 +33,8 @@ class Backend(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     def generate(self, prompt: str, max_new_tokens: int, temperature: float = 0.0,
-                 cancel: threading.Event | None = None, reuse_prefix: bool = True) -> Iterator[str]: ...
+                 cancel: threading.Event | None = None, reuse_prefix: bool = True,
+                 logit_bias: dict[int, float] | None = None) -> Iterator[str]: ...
 
     def close(self) -> None: ...
 
@@ -69,13 +74,15 @@ class LlamaCppBackend:
         return len(self.tokenize(text))
 
     def generate(self, prompt: str, max_new_tokens: int, temperature: float = 0.0,
-                 cancel: threading.Event | None = None, reuse_prefix: bool = True) -> Iterator[str]:
+                 cancel: threading.Event | None = None, reuse_prefix: bool = True,
+                 logit_bias: dict[int, float] | None = None) -> Iterator[str]:
         tokens = self.tokenize(prompt)
         _check_fit(len(tokens), max_new_tokens, self.context_window)
         if not reuse_prefix:
             self.llm.reset()
         stream = self.llm.create_completion(tokens, max_tokens=max_new_tokens, temperature=temperature,
-                                            top_k=1 if temperature == 0 else 40, stream=True, stop=list(STOP_TEXTS))
+                                            top_k=1 if temperature == 0 else 40, stream=True, stop=list(STOP_TEXTS),
+                                            logit_bias=logit_bias)
         try:
             for chunk in stream:
                 if cancel is not None and cancel.is_set():
@@ -136,7 +143,10 @@ class OnnxGenaiBackend:
         self.tokens = list(tokens)
 
     def generate(self, prompt: str, max_new_tokens: int, temperature: float = 0.0,
-                 cancel: threading.Event | None = None, reuse_prefix: bool = True) -> Iterator[str]:
+                 cancel: threading.Event | None = None, reuse_prefix: bool = True,
+                 logit_bias: dict[int, float] | None = None) -> Iterator[str]:
+        if logit_bias:
+            raise UnsupportedOptionError("logit_bias is not supported by the onnx backend; use the gguf one")
         tokens = self.tokenize(prompt)
         _check_fit(len(tokens), max_new_tokens, self.context_window)
         self._start(tokens, temperature, reuse_prefix)

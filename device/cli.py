@@ -29,6 +29,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "doctor": Command("device.doctor", "check this machine's runtimes, SQLite and extensions", "device"),
+    "serve": Command("device.serve_cmd", "serve the kiosk page and API (waitress)", "device"),
     "ingest": Command("device.cmd_ingest", "index manuals (.md .txt .html .pdf) into the documents database", "device"),
     "search": Command("device.cmd_search", "show the passages retrieval finds for a question", "device"),
     "ask": Command("device.cmd_ask", "answer a question from the manuals, streamed, with sources", "device"),
