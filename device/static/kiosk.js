@@ -13,7 +13,9 @@ function el(tag, text, cls) {
 }
 
 function where(p) {
-  return p.title + (p.heading ? " — " + p.heading : "") + (p.page ? ", page " + p.page : "") + "  (" + p.source + ")";
+  // The heading path usually starts with the document title: show it once.
+  const place = p.heading ? (p.heading.startsWith(p.title) ? p.heading : p.title + " — " + p.heading) : p.title;
+  return place + (p.page ? ", page " + p.page : "") + "  (" + p.source + ")";
 }
 
 function highlighted(text, question) {
