@@ -1,4 +1,4 @@
-"""`phibox bundle verify|inspect FILE`: check a bundle's signature and files, or show what it holds."""
+"""`phibox bundle verify|inspect|install|rollback|trust`: check, show, install and roll back bundles."""
 
 from __future__ import annotations
 
@@ -10,10 +10,23 @@ from device.bundle import Manifest, load_trusted_keys
 from device.bundle_tar import read_manifest, verify_tar
 from device.errors import ConfigError
 
+ACTIONS = {
+    "verify": "check the signature and every file of FILE (needs --key)",
+    "inspect": "show what FILE holds",
+    "install": "verify, unpack, activate and health-check FILE on this device (--state)",
+    "rollback": "activate the previous kept bundle (--state)",
+    "trust": "add the public key FILE to the device's trusted keys (--state)",
+}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("verify", "inspect"), help="verify: signature and every file; inspect: show")
-    parser.add_argument("file", type=Path, help="a .phibox bundle file")
+    parser.add_argument("action", choices=tuple(ACTIONS), help="; ".join(f"{k}: {v}" for k, v in ACTIONS.items()))
+    parser.add_argument("file", type=Path, nargs="?", help="a .phibox bundle file (or a .pub key for trust)")
+    parser.add_argument("--state", type=Path, default=None, help="device state directory (default $PHIBOX_STATE_DIR "
+                        "or /var/lib/phibox)")
+    parser.add_argument("--allow-downgrade", action="store_true", help="install: accept an older version")
+    parser.add_argument("--skip-health-check", action="store_true", help="install: activate without loading the model")
+    parser.add_argument("--keep", type=int, default=2, help="install: bundles to keep for rollback (default 2)")
     parser.add_argument("--key", type=Path, action="append", default=None,
                         help="trusted public key file or keys folder (repeatable); needed for verify")
     parser.add_argument("--json", action="store_true", help="inspect: print the whole manifest as JSON")
@@ -36,6 +49,10 @@ def describe(manifest: Manifest) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action in ("install", "rollback", "trust"):
+        return _device_action(args)
+    if args.file is None:
+        raise ConfigError(f"`phibox bundle {args.action}` needs a bundle FILE")
     if args.action == "verify":
         if not args.key:
             raise ConfigError("`phibox bundle verify` needs --key ADMIN.pub (the key the device trusts)")
@@ -50,4 +67,39 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(describe(manifest))
         print("(signature not checked: use `phibox bundle verify FILE --key ADMIN.pub`)")
+    return 0
+
+
+def _device_action(args: argparse.Namespace) -> int:
+    import shutil
+
+    from device import installer, paths
+    from device.bundle import key_id, load_public_key
+    from device.config import EngineConfig
+    from device.health import check_bundle
+    from device.state import StateDir
+
+    state = StateDir(args.state or paths.state_dir()).init()
+    cfg = EngineConfig()
+
+    def health(folder: Path) -> None:
+        check_bundle(folder, state.db, cfg)
+
+    if args.action == "trust":
+        if args.file is None:
+            raise ConfigError("`phibox bundle trust` needs the admin's .pub file")
+        kid = key_id(load_public_key(args.file))
+        shutil.copyfile(args.file, state.keys / f"{kid}.pub")
+        print(f"trusted key {kid} ({state.keys / (kid + '.pub')})")
+        return 0
+    if args.action == "rollback":
+        version = installer.rollback(state, None if args.skip_health_check else health)
+        print(f"rolled back: version {version} is active")
+        return 0
+    if args.file is None:
+        raise ConfigError("`phibox bundle install` needs a bundle FILE")
+    result = installer.install(args.file, state, health_check=None if args.skip_health_check else health,
+                               allow_downgrade=args.allow_downgrade, keep=args.keep)
+    print(f"installed and activated {result.manifest.name} v{result.version}"
+          f"{'' if result.previous is None else f' (previous: v{result.previous}, kept for rollback)'}")
     return 0

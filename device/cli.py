@@ -37,7 +37,8 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train.cli_train", "fine-tune Phi-3 on a plant's Q&A (QLoRA; GPU box)", "train"),
     "merge": Command("train.cli_merge", "merge a training run's adapter into the full-precision base", "train"),
     "export": Command("export.cli_export", "turn a merged checkpoint into a signed bundle (build box)", "export"),
-    "bundle": Command("device.bundle_cmd", "verify or inspect a bundle file", "device"),
+    "bundle": Command("device.bundle_cmd", "verify, inspect, install or roll back bundles", "device"),
+    "status": Command("device.status_cmd", "show the active bundle, kept bundles and recent events", "device"),
     "converter": Command(
         "export.llama_kit", "set up or locate llama.cpp's GGUF converter (export boxes)", "export"
     ),
