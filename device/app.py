@@ -25,14 +25,20 @@ access_log = logging.getLogger("phibox.access")
 
 
 def create_app(service: DeviceService, config: ServeConfig) -> Flask:
-    from device import web_kiosk, web_openai
+    import secrets
+
+    from device import admin_auth, web_admin, web_kiosk, web_openai
 
     app = Flask(__name__)
-    app.config["PHIBOX_SERVICE"] = service
-    app.config["PHIBOX_SERVE"] = config
-    app.config["MAX_CONTENT_LENGTH"] = 1 << 20
+    app.config.update(
+        PHIBOX_SERVICE=service, PHIBOX_SERVE=config, PHIBOX_LIMITER=admin_auth.LoginLimiter(),
+        SECRET_KEY=admin_auth.session_secret(service.state_dir.root) if service.state_dir else secrets.token_bytes(32),
+        SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_SECURE=config.secure_cookies,
+        SESSION_COOKIE_NAME="phibox_admin", MAX_CONTENT_LENGTH=1 << 20,
+    )  # uploads (admin) stream wsgi.input themselves under their own cap; JSON and forms stay small
     app.register_blueprint(web_kiosk.bp)
     app.register_blueprint(web_openai.bp)
+    app.register_blueprint(web_admin.bp)
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -65,6 +71,10 @@ def create_app(service: DeviceService, config: ServeConfig) -> Flask:
         access_log.info(json.dumps(entry))
         return response
 
+    @app.errorhandler(413)
+    def too_large(_: Exception) -> tuple[Response, int]:
+        return jsonify(error="the request body is too large"), 413
+
     @app.errorhandler(404)
     def not_found(_: Exception) -> tuple[Response, int]:
         return jsonify(error=f"no such page: {request.path}"), 404
@@ -73,9 +83,6 @@ def create_app(service: DeviceService, config: ServeConfig) -> Flask:
     def wrong_method(_: Exception) -> tuple[Response, int]:
         return jsonify(error=f"{request.method} is not allowed on {request.path}"), 405
 
-    @app.errorhandler(413)
-    def too_large(_: Exception) -> tuple[Response, int]:
-        return jsonify(error="the request body is too large"), 413
 
     return app
 

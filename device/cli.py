@@ -38,6 +38,8 @@ COMMANDS: dict[str, Command] = {
     "merge": Command("train.cli_merge", "merge a training run's adapter into the full-precision base", "train"),
     "export": Command("export.cli_export", "turn a merged checkpoint into a signed bundle (build box)", "export"),
     "bundle": Command("device.bundle_cmd", "verify, inspect, install or roll back bundles", "device"),
+    "admin": Command("device.admin_cmd", "set the admin password or make an API token", "device"),
+    "push": Command("device.push_cmd", "upload a bundle to one device and report its health check", "device"),
     "status": Command("device.status_cmd", "show the active bundle, kept bundles and recent events", "device"),
     "converter": Command(
         "export.llama_kit", "set up or locate llama.cpp's GGUF converter (export boxes)", "export"

@@ -7,7 +7,7 @@ same command again finishes the job.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +49,8 @@ def discover(paths: Iterable[Path]) -> list[tuple[Path, Path]]:
 
 
 def ingest(paths: Iterable[Path], store: DocumentStore, embedder: OnnxEmbedder, cfg: EngineConfig, *,
-           prune: bool = False, reembed: bool = False, progress: bool = True) -> IngestReport:
+           prune: bool = False, reembed: bool = False, progress: bool = True,
+           on_file: Callable[[int, int, str], None] | None = None) -> IngestReport:
     """Index the manuals under paths into store with embedder."""
     from tqdm.auto import tqdm
 
@@ -58,7 +59,9 @@ def ingest(paths: Iterable[Path], store: DocumentStore, embedder: OnnxEmbedder, 
     report.reembedded = _fill_missing_vectors(store, embedder, cfg, progress)
     files = discover(paths)
     bar = tqdm(total=len(files), unit="file", desc="ingest", disable=not progress, dynamic_ncols=True)
-    for path, root in files:
+    for done, (path, root) in enumerate(files):
+        if on_file is not None:
+            on_file(done, len(files), path.name)
         key = str(path)
         try:
             data = path.read_bytes()

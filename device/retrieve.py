@@ -58,14 +58,20 @@ def fts_query(question: str) -> str:
     return " OR ".join(f'"{t.replace(chr(34), "")}"' for t in sorted(terms))
 
 
-def search(store: DocumentStore, embedder: OnnxEmbedder, question: str, cfg: EngineConfig) -> SearchResult:
+def search(store: DocumentStore, embedder: OnnxEmbedder | None, question: str, cfg: EngineConfig,
+           keyword_only: bool = False) -> SearchResult:
+    """Hybrid search; keyword_only (no embedder, or vectors being rebuilt for a new one) uses FTS5 alone."""
     started = time.perf_counter()
-    store.check_embedder(embedder.spec)
-    vector = embedder.embed([question])[0]
     conn = store.conn
-    vec_rows = conn.execute(
-        "SELECT rowid, distance FROM chunk_vec WHERE embedding MATCH ? AND k = ? ORDER BY distance",
-        (pack(vector), cfg.candidates)).fetchall()
+    vec_rows: list[tuple[int, float]] = []
+    if not keyword_only:
+        if embedder is None:
+            raise ValueError("hybrid search needs an embedder")
+        store.check_embedder(embedder.spec)
+        vector = embedder.embed([question])[0]
+        vec_rows = conn.execute(
+            "SELECT rowid, distance FROM chunk_vec WHERE embedding MATCH ? AND k = ? ORDER BY distance",
+            (pack(vector), cfg.candidates)).fetchall()
     query = fts_query(question)
     fts_rows = conn.execute(
         "SELECT rowid, bm25(chunk_fts) AS score FROM chunk_fts WHERE chunk_fts MATCH ? ORDER BY score LIMIT ?",

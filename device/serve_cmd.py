@@ -9,7 +9,9 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="TOML server config (see device/serve_config.py)")
-    parser.add_argument("--bundle", default=None, help="unpacked bundle folder (default: the active bundle)")
+    parser.add_argument("--state", default=None, help="device state directory (default $PHIBOX_STATE_DIR or "
+                        "/var/lib/phibox): serves its active bundle, enables /admin")
+    parser.add_argument("--bundle", default=None, help="serve this unpacked bundle folder instead (no admin installs)")
     parser.add_argument("--db", default=None, help="documents database (default: documents.db in the state dir)")
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="TCP port (default 8080)")
@@ -22,26 +24,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from waitress import serve
 
+    from device import paths
     from device.app import create_app
-    from device.installed import default_bundle_dir, default_db_path
+    from device.errors import ConfigError
     from device.metrics import Metrics
     from device.serve_config import load_serve_config
     from device.service import DeviceService
+    from device.state import StateDir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config, engine = load_serve_config(args.config, host=args.host, port=args.port, queue_size=args.queue_size,
                                        backend=args.backend, bundle=args.bundle, db=args.db, demo=args.demo,
-                                       threads=args.threads)
-    bundle = Path(config.bundle) if config.bundle else default_bundle_dir()
-    db = Path(config.db) if config.db else default_db_path()
-    service = DeviceService(bundle, db, config, engine, Metrics())
+                                       threads=args.threads, state=args.state)
+    state = None if config.bundle else StateDir(Path(config.state) if config.state else paths.state_dir())
+    if state is not None and state.active_version() is None:
+        raise ConfigError(f"no bundle is active in {state.root}: `phibox bundle install FILE --state {state.root}` "
+                          "first, or serve a folder with --bundle")
+    bundle = Path(config.bundle) if config.bundle else state.current.resolve()
+    db = Path(config.db) if config.db else (state.db if state else Path(config.bundle) / "documents.db")
+    service = DeviceService(bundle, db, config, engine, Metrics(), state=state)
     service.start()
     app = create_app(service, config)
     print(f"phibox kiosk on http://{config.host}:{config.port}/  (bundle {service.bundle.manifest.name} "
           f"v{service.bundle.manifest.version}; model loading in the background)", flush=True)
     try:
+        # Waitress spools request bodies over 512 KB to a temporary file (never whole in memory) and
+        # answers 413 itself above max_request_body_size.
         serve(app, host=config.host, port=config.port, threads=config.threads, channel_timeout=300,
-              ident="phibox")
+              ident="phibox", max_request_body_size=config.max_upload_mb << 20)
     finally:
         service.close()
     return 0

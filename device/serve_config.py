@@ -35,12 +35,20 @@ class ServeConfig:
     """Put question text in the request log (off: logs carry no technician input)."""
     backend: str = ""
     """gguf or onnx; empty means gguf when the bundle has it, else onnx."""
+    state: str = ""
+    """Device state directory; empty means $PHIBOX_STATE_DIR or /var/lib/phibox (used unless bundle is set)."""
     bundle: str = ""
-    """Unpacked bundle folder; empty means the state directory's active bundle."""
+    """Unpacked bundle folder to serve instead of a state directory (no admin installs then)."""
     db: str = ""
     """Documents database; empty means documents.db in the state directory."""
     demo: bool = False
     """Show the demo notice on the kiosk page (tiny model: its words are not meaningful)."""
+    max_upload_mb: int = 8192
+    """Largest bundle or document upload; bigger ones get HTTP 413 before anything is stored."""
+    secure_cookies: bool = False
+    """Mark the admin session cookie Secure (set when the admin area is served over HTTPS)."""
+    keep_bundles: int = 2
+    """Installed bundles kept for rollback."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

@@ -21,7 +21,9 @@ from device.installed import InstalledBundle
 from device.metrics import Metrics
 from device.retrieve import Hit, SearchResult, search
 from device.serve_config import ServeConfig
-from device.store import DocumentStore
+from device.state import StateDir
+from device.store import DocumentStore, EmbedderMismatchError
+from device.swap import LiveSwap
 from device.worker import GenerationWorker, Job
 
 log = logging.getLogger("phibox.service")
@@ -40,9 +42,17 @@ class Prepared:
 
 class DeviceService:
     def __init__(self, bundle_dir: Path, db_path: Path, serve: ServeConfig, engine: EngineConfig,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, state: StateDir | None = None) -> None:
         self.bundle = InstalledBundle.open(bundle_dir)
         self.db_path, self.serve, self.engine, self.metrics = db_path, serve, engine, metrics
+        self.state_dir = state
+        """The device state directory, when serving from one (needed for admin installs)."""
+        self.swap_lock = threading.Lock()
+        self.write_lock = threading.Lock()
+        """One writer of the documents database at a time (ingest, delete, re-embed)."""
+        self.live = LiveSwap(self)
+        self.ingest_status: dict[str, object] = {"running": False, "done": 0, "total": 0, "file": "",
+                                                 "message": ""}
         self.embedder: OnnxEmbedder | None = None
         self.backend: Backend | None = None
         self.state = "loading"
@@ -74,10 +84,19 @@ class DeviceService:
             self.ready.set()
 
     def _load_backend(self) -> Backend:
-        name = self.serve.backend or ("gguf" if "gguf" in self.bundle.manifest.formats else "onnx")
+        return self.load_backend_for(self.bundle)
+
+    def load_backend_for(self, bundle: InstalledBundle) -> Backend:
+        name = self.serve.backend or ("gguf" if "gguf" in bundle.manifest.formats else "onnx")
+        if name not in bundle.manifest.formats:
+            name = bundle.manifest.formats[0]
         if name == "gguf":
-            return LlamaCppBackend(self.bundle.gguf_path(), self.engine.context_window, self.engine.thread_count)
-        return OnnxGenaiBackend(self.bundle.onnx_dir(), self.engine.thread_count)
+            return LlamaCppBackend(bundle.gguf_path(), self.engine.context_window, self.engine.thread_count)
+        return OnnxGenaiBackend(bundle.onnx_dir(), self.engine.thread_count)
+
+    def record_event(self, event: str, **detail: object) -> None:
+        if self.state_dir is not None:
+            self.state_dir.record(event, **detail)
 
     def close(self) -> None:
         self.worker.stop()
@@ -95,7 +114,10 @@ class DeviceService:
         cfg = self.engine.with_overrides(k=k, candidates=max(self.engine.candidates, k or 0))
         store = DocumentStore.open(self.db_path, readonly=True)
         try:
-            result = search(store, self.embedder, question, cfg)
+            try:
+                result = search(store, self.embedder, question, cfg)
+            except EmbedderMismatchError:  # vectors are being rebuilt for a new embedder: keywords only
+                result = search(store, None, question, cfg, keyword_only=True)
         finally:
             store.close()
         self.metrics.retrieval.observe(result.retrieval_ms / 1000)
@@ -117,3 +139,58 @@ class DeviceService:
     def submit(self, job: Job) -> Job:
         self.require_model()
         return self.worker.submit(job)
+
+    # --- documents (admin area) --------------------------------------------------------------
+    def documents(self) -> list[dict[str, object]]:
+        if not self.db_path.is_file():
+            return []
+        store = DocumentStore.open(self.db_path, readonly=True)
+        try:
+            rows = store.conn.execute(
+                "SELECT path, source, title, n_chunks, ingested_at FROM documents ORDER BY source").fetchall()
+        finally:
+            store.close()
+        return [{"path": r[0], "source": r[1], "title": r[2], "chunks": r[3], "ingested_at": r[4]} for r in rows]
+
+    def reindex(self, folder: Path) -> None:
+        """Ingest folder (pruning vanished files) with the active embedder; progress in ingest_status."""
+        from device.ingest import ingest
+
+        if self.embedder is None or not self.write_lock.acquire(blocking=False):
+            self.ingest_status["message"] = "busy: another indexing run is under way"
+            return
+        status = self.ingest_status
+        status.update(running=True, done=0, total=0, file="", message="")
+
+        def on_file(done: int, total: int, name: str) -> None:
+            status.update(done=done, total=total, file=name)
+
+        try:
+            store = DocumentStore.open(self.db_path)
+            try:
+                report = ingest([folder], store, self.embedder, self.engine, prune=True, progress=False,
+                                on_file=on_file)
+            finally:
+                store.close()
+            status.update(done=status["total"], message=f"added {len(report.added)}, updated {len(report.updated)}, "
+                          f"removed {len(report.pruned)}, failed {len(report.failed)}")
+            self.record_event("reindexed", added=len(report.added), failed=[f for f, _ in report.failed])
+        except Exception as exc:  # reported to the admin page, the server keeps serving
+            status["message"] = f"indexing failed: {type(exc).__name__}: {exc}"
+        finally:
+            status["running"] = False
+            self.write_lock.release()
+
+    def delete_document(self, path: str) -> None:
+        with self.write_lock:
+            store = DocumentStore.open(self.db_path)
+            try:
+                if path not in {d["path"] for d in self.documents()}:
+                    raise PhiboxError(f"no document {path!r} in the index")
+                store.delete_document(path)
+            finally:
+                store.close()
+        manuals = self.state_dir.root / "manuals" if self.state_dir else None
+        if manuals is not None and Path(path).parent == manuals.resolve():
+            Path(path).unlink(missing_ok=True)
+        self.record_event("document_deleted", path=path)

@@ -54,6 +54,8 @@ class GenerationWorker:
         self.heartbeat = time.monotonic()
         """Last time the worker loop made progress; a systemd watchdog reads it."""
         self.busy = threading.Event()
+        self.current_backend: Backend | None = None
+        """The backend of the generation under way (a swapped-out model is closed only after it)."""
         self.thread = threading.Thread(target=self._loop, name="phibox-generation", daemon=True)
 
     def start(self) -> None:
@@ -104,6 +106,13 @@ class GenerationWorker:
         backend = self.backend_getter()
         if backend is None:
             raise PhiboxError("no model is loaded")
+        self.current_backend = backend
+        try:
+            self._generate(job, backend)
+        finally:
+            self.current_backend = None
+
+    def _generate(self, job: Job, backend: Backend) -> None:
         started = time.monotonic()
         wait = started - job.submitted
         self.metrics.queue_wait.observe(wait)

@@ -22,22 +22,8 @@ from device.state import StateDir
 
 
 @pytest.fixture(scope="module")
-def files(tiny_bundle_dir: Path, tiny_bundle_file: Path, admin_keys, tmp_path_factory) -> dict[str, Path]:
-    """v3 (the exported bundle), v4 and v5 re-signed copies, v2 older, and a v4 with a broken model."""
-    d = tmp_path_factory.mktemp("lifecycle-bundles")
-    key = admin_keys[0]
-
-    def broken_model(folder: Path) -> None:
-        (folder / "model" / "phi3-q4_k_m.gguf").write_bytes(b"GGUF" + bytes(4096))
-
-    return {
-        "v3": tiny_bundle_file,
-        "v2": resign(tiny_bundle_dir, d / "plant7-v2.phibox", key, 2, scratch=d),
-        "v4": resign(tiny_bundle_dir, d / "plant7-v4.phibox", key, 4, scratch=d),
-        "v5": resign(tiny_bundle_dir, d / "plant7-v5.phibox", key, 5, scratch=d),
-        "v4-broken": resign(tiny_bundle_dir, d / "plant7-v4b.phibox", key, 4, edit=broken_model, scratch=d),
-        "v9-future": resign(tiny_bundle_dir, d / "plant7-v9.phibox", key, 9, min_device_version="99.0.0", scratch=d),
-    }
+def files(lifecycle_files) -> dict[str, Path]:
+    return lifecycle_files
 
 
 @pytest.fixture()

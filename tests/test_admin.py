@@ -1,0 +1,229 @@
+"""The admin area and live activation on a real server (waitress, subprocess) over a state directory."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from docs_kit import write_corpus
+from test_serve import free_port, get, post
+
+from device import admin_auth, installer
+from device.app import create_app
+from device.cli import main
+from device.config import EngineConfig
+from device.embedder import OnnxEmbedder
+from device.ingest import ingest
+from device.metrics import Metrics
+from device.serve_config import ServeConfig
+from device.service import DeviceService
+from device.state import StateDir
+from device.store import DocumentStore
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def device(lifecycle_files, admin_keys, tiny_bundle_dir: Path, tmp_path_factory):
+    """A state directory with v3 active, manuals indexed, a password and an API token; the server on it."""
+    root = tmp_path_factory.mktemp("device") / "state"
+    state = StateDir(root).init()
+    shutil.copy(admin_keys[1], state.keys / "admin.pub")
+    installer.install(lifecycle_files["v3"], state)
+    store = DocumentStore.open(state.db)
+    ingest([write_corpus(root.parent / "manuals")], store, OnnxEmbedder(tiny_bundle_dir / "embedder"),
+           EngineConfig(), progress=False)
+    store.close()
+    admin_auth.set_password(root, PASSWORD)
+    token_file = root.parent / "token"
+    assert main(["admin", "new-token", "--state", str(root), "--out", str(token_file)]) == 0
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--state", str(root), "--port", str(port),
+                             "--queue-size", "2", "--backend", "gguf"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while True:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline
+        try:
+            if json.loads(get(port, "/healthz", timeout=2)[2])["status"] == "ready":
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    yield {"state": state, "port": port, "token": token_file, "proc": proc}
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+class Browser:
+    """A cookie-keeping HTTP client, enough for the admin forms."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.cookie = port, ""
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        try:
+            h = {"Cookie": self.cookie} if self.cookie else {}
+            conn.request(method, path, body=body, headers={**h, **(headers or {})})
+            r = conn.getresponse()
+            data = r.read()
+            cookie = r.getheader("Set-Cookie")
+            if cookie:
+                self.cookie = cookie.split(";", 1)[0]
+            return r.status, dict(r.getheaders()), data.decode(errors="replace")
+        finally:
+            conn.close()
+
+    def form(self, path: str, fields: dict[str, str]):
+        from urllib.parse import urlencode
+
+        return self.request("POST", path, urlencode(fields).encode(),
+                            {"Content-Type": "application/x-www-form-urlencoded"})
+
+    def csrf(self, page: str) -> str:
+        return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+    def login(self) -> str:
+        _, _, page = self.request("GET", "/admin/login")
+        status, headers, _ = self.form("/admin/login", {"csrf": self.csrf(page), "password": PASSWORD})
+        assert status == 302 and headers["Location"].endswith("/admin")
+        _, _, admin_page = self.request("GET", "/admin")
+        return self.csrf(admin_page)
+
+
+def test_admin_routes_need_a_session_and_csrf(device) -> None:
+    web = Browser(device["port"])
+    status, headers, _ = web.request("GET", "/admin")
+    assert status == 302 and headers["Location"].endswith("/admin/login")
+    assert web.request("POST", "/admin/bundles/rollback")[0] == 401
+    _, _, login_page = web.request("GET", "/admin/login")
+    assert web.form("/admin/login", {"password": PASSWORD})[0] == 400  # no CSRF token
+    assert web.form("/admin/login", {"csrf": web.csrf(login_page), "password": PASSWORD})[0] == 302
+    assert web.form("/admin/bundles/rollback", {"csrf": "forged"})[0] == 400
+
+
+def test_session_cookie_is_httponly_and_samesite_strict(device) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", device["port"], timeout=30)
+    conn.request("GET", "/admin/login")
+    cookie = conn.getresponse().getheader("Set-Cookie")
+    conn.close()
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and cookie.startswith("phibox_admin=")
+
+
+def test_push_with_a_wrong_token_is_401(device, lifecycle_files, tmp_path: Path, capsys) -> None:
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("not-the-token")
+    rc = main(["push", str(lifecycle_files["v4"]), "--to", f"http://127.0.0.1:{device['port']}",
+               "--token-file", str(wrong)])
+    assert rc == 1 and "refused (401)" in capsys.readouterr().out
+    assert device["state"].active_version() == 3
+
+
+def test_unloadable_bundle_is_rolled_back_and_shown_to_admins(device, lifecycle_files, capsys) -> None:
+    rc = main(["push", str(lifecycle_files["v4-broken"]), "--to", f"http://127.0.0.1:{device['port']}",
+               "--token-file", str(device["token"])])
+    out = capsys.readouterr().out
+    assert rc == 1 and "failed its health check" in out and "rolled back to version 3" in out
+    assert device["state"].active_version() == 3
+    assert json.loads(get(device["port"], "/healthz")[2])["bundle_version"] == 3
+    web = Browser(device["port"])
+    web.login()
+    assert "health_check_failed" in web.request("GET", "/admin")[2]
+
+
+def test_oversized_and_truncated_uploads_change_nothing(device) -> None:
+    port = device["port"]
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"POST /api/admin/bundles HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                 + device["token"].read_text().strip().encode()
+                 + b"\r\nContent-Length: 99999999999\r\n\r\n")
+    reply = sock.recv(4096).decode()
+    sock.close()
+    assert reply.startswith("HTTP/1.1 413")
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"POST /api/admin/bundles HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                 + device["token"].read_text().strip().encode()
+                 + b"\r\nContent-Length: 5000000\r\n\r\n" + b"\0" * 100000)
+    sock.shutdown(socket.SHUT_WR)
+    sock.recv(4096)
+    sock.close()
+    time.sleep(0.5)
+    assert device["state"].active_version() == 3 and not list(device["state"].incoming.iterdir())
+    assert get(port, "/healthz")[0] == 200
+
+
+def test_activation_during_a_generation_lets_it_finish_then_the_new_bundle_answers(device, lifecycle_files,
+                                                                                   hf_tokenizer, capsys) -> None:
+    port = device["port"]
+    no_stop = {str(hf_tokenizer.convert_tokens_to_ids(t)): -100 for t in ("<|end|>", "<|endoftext|>")}
+    result: dict = {}
+
+    def long_generation() -> None:
+        result["reply"] = post(port, "/v1/chat/completions", {
+            "model": "phibox-plant7-norag", "max_tokens": 1200, "logit_bias": no_stop,
+            "messages": [{"role": "user", "content": "Describe the plant."}]}, timeout=300)
+
+    worker = threading.Thread(target=long_generation)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not json.loads(get(port, "/healthz")[2])["generating"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    rc = main(["push", str(lifecycle_files["v4"]), "--to", f"http://127.0.0.1:{port}",
+               "--token-file", str(device["token"])])
+    assert rc == 0 and "v4 installed, health check ok" in capsys.readouterr().out
+    assert json.loads(get(port, "/healthz")[2])["generating"], "the push should land while the answer runs"
+    worker.join(300)
+    status, _, raw = result["reply"]
+    assert status == 200 and json.loads(raw)["usage"]["completion_tokens"] == 1200
+    health = json.loads(get(port, "/healthz")[2])
+    assert health["bundle_version"] == 4 and device["state"].active_version() == 4
+    _, _, raw = post(port, "/api/ask", {"question": "What do I do when the press shows E42?"})
+    assert b'"covered": true' in raw and b"event: done" in raw
+
+
+def test_admin_page_rollback_and_documents(device, tmp_path: Path) -> None:
+    web = Browser(device["port"])
+    csrf = web.login()
+    page = web.request("GET", "/admin")[2]
+    assert "Bundles" in page and "press.md" in page and "(active)" in page
+    status, _, _ = web.form("/admin/bundles/rollback", {"csrf": csrf})
+    assert status == 302 and device["state"].active_version() == 3
+    assert json.loads(get(device["port"], "/healthz")[2])["bundle_version"] == 3
+    doc = b"# Palletizer PZ-9\n\nThe stretch wrapper film roll is changed with the safety key SK-12 removed.\n"
+    status, _, body = web.request("POST", "/admin/documents/upload?name=palletizer.md", doc,
+                                  {"X-CSRF-Token": csrf, "Content-Type": "application/octet-stream"})
+    assert status == 200, body
+    deadline = time.monotonic() + 60
+    while json.loads(web.request("GET", "/admin/documents/progress")[2])["running"] or \
+            "added 1" not in json.loads(web.request("GET", "/admin/documents/progress")[2])["message"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    hits = json.loads(get(device["port"], "/api/search?q=stretch+wrapper+film+SK-12")[2])["passages"]
+    assert hits and hits[0]["source"] == "palletizer.md"
+
+
+def test_repeated_bad_passwords_get_429(lifecycle_files, admin_keys, tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state").init()
+    shutil.copy(admin_keys[1], state.keys / "admin.pub")
+    installer.install(lifecycle_files["v3"], state)
+    admin_auth.set_password(state.root, PASSWORD)
+    service = DeviceService(state.current.resolve(), state.db, ServeConfig(), EngineConfig(), Metrics(), state=state)
+    client = create_app(service, ServeConfig()).test_client()
+    page = client.get("/admin/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    codes = [client.post("/admin/login", data={"csrf": csrf, "password": "wrong"}).status_code for _ in range(6)]
+    assert codes[:5] == [403] * 5 and codes[5] == 429
+    blocked = client.post("/admin/login", data={"csrf": csrf, "password": PASSWORD})
+    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
