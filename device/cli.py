@@ -40,6 +40,8 @@ COMMANDS: dict[str, Command] = {
     "bundle": Command("device.bundle_cmd", "verify, inspect, install or roll back bundles", "device"),
     "admin": Command("device.admin_cmd", "set the admin password or make an API token", "device"),
     "push": Command("device.push_cmd", "upload a bundle to one device and report its health check", "device"),
+    "pull": Command("device.pull_cmd", "install the newest bundle from a fleet channel (HTTP folder)", "device"),
+    "publish": Command("device.publish_cmd", "put a bundle in a fleet channel folder (signed channel.json)", "device"),
     "status": Command("device.status_cmd", "show the active bundle, kept bundles and recent events", "device"),
     "converter": Command(
         "export.llama_kit", "set up or locate llama.cpp's GGUF converter (export boxes)", "export"
