@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 from pathlib import Path
 
 
@@ -28,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from device.app import create_app
     from device.errors import ConfigError
     from device.metrics import Metrics
+    from device.sdnotify import start_notifier
     from device.serve_config import load_serve_config
     from device.service import DeviceService
     from device.state import StateDir
@@ -45,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     service = DeviceService(bundle, db, config, engine, Metrics(), state=state)
     service.start()
     app = create_app(service, config)
+    stop = threading.Event()
+    start_notifier(service.ready, lambda: f"{service.state}: {service.model_id} v{service.bundle.manifest.version}",
+                   lambda: service.worker.heartbeat, stop)
     print(f"phibox kiosk on http://{config.host}:{config.port}/  (bundle {service.bundle.manifest.name} "
           f"v{service.bundle.manifest.version}; model loading in the background)", flush=True)
     try:
@@ -53,5 +58,6 @@ def run(args: argparse.Namespace) -> int:
         serve(app, host=config.host, port=config.port, threads=config.threads, channel_timeout=300,
               ident="phibox", max_request_body_size=config.max_upload_mb << 20)
     finally:
+        stop.set()
         service.close()
     return 0

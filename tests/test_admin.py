@@ -227,3 +227,40 @@ def test_repeated_bad_passwords_get_429(lifecycle_files, admin_keys, tiny_bundle
     assert codes[:5] == [403] * 5 and codes[5] == 429
     blocked = client.post("/admin/login", data={"csrf": csrf, "password": PASSWORD})
     assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
+
+
+def test_new_embedder_triggers_a_background_reembed_and_search_keeps_working(
+        lifecycle_files, admin_keys, tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    from bundle_kit import resign
+
+    state = StateDir(tmp_path / "state").init()
+    shutil.copy(admin_keys[1], state.keys / "admin.pub")
+    installer.install(lifecycle_files["v3"], state)
+    store = DocumentStore.open(state.db)
+    ingest([write_corpus(tmp_path / "manuals")], store, OnnxEmbedder(tiny_bundle_dir / "embedder"), EngineConfig(),
+           progress=False)
+    store.close()
+
+    def rename_embedder(folder: Path) -> None:
+        spec = folder / "embedder" / "embedder.json"
+        spec.write_text(spec.read_text().replace("sentence-transformers/all-MiniLM-L6-v2", "minilm-retrained"))
+
+    v4 = resign(tiny_bundle_dir, tmp_path / "plant7-v4.phibox", admin_keys[0], 4, edit=rename_embedder,
+                scratch=tmp_path)
+    service = DeviceService(state.current.resolve(), state.db, ServeConfig(), EngineConfig(), Metrics(), state=state)
+    service.start(background=False)
+    try:
+        installer.install(v4, state, health_check=service.live.activate)
+        assert service.search("press E42").hits, "keyword search must answer while vectors are rebuilt"
+        deadline = time.monotonic() + 120
+        while service.live.reembedding.is_set() or not any(e["event"] == "reembedded" for e in state.recent_events()):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        store = DocumentStore.open(state.db, readonly=True)
+        assert store.embedder() == ("minilm-retrained", 384)
+        assert store.counts()["vectors"] == store.counts()["chunks"] > 0
+        store.close()
+        hit = service.search("The oil pressure dropped and the press halted").hits[0]
+        assert hit.similarity is not None and hit.source == "press.md"
+    finally:
+        service.close()
