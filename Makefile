@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.phibox-installed
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint constraints clean
+.PHONY: help install test lint constraints clean system-deps
 
 help:
 	@echo "make test    install everything pinned into $(VENV) and run the whole test suite"
@@ -29,7 +29,18 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Debian packages the tests use: systemd-analyze (unit checks). Installed when missing and we are
+# root with apt; otherwise the tests that need them skip and say why.
+system-deps:
+	@missing=""; command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "note: missing$$missing; the tests that need them will skip"; fi; \
+	fi
+
+test: system-deps $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
