@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import stat
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from device.bundle import MANIFEST, SIGNATURE, BundleError, Manifest, check_member_path, verify_signature
+from device.bundle import MANIFEST, SIGNATURE, BundleError, FileEntry, Manifest, check_member_path, verify_signature
 
 MAX_MANIFEST_BYTES = 4 << 20
 
@@ -67,33 +68,40 @@ def verify_tar(path: Path, trusted: Sequence[Ed25519PublicKey]) -> Manifest:
         raise BundleError(f"{path}: the bundle ends early or is corrupt ({exc}); download it again") from exc
 
 
+def listed_members(tar: tarfile.TarFile, manifest: Manifest, path: Path) -> Iterator[tuple[FileEntry, IO[bytes]]]:
+    """The remaining members of a bundle tar, each checked (safe path, regular file, listed, once)
+    and paired with its manifest entry; raises at the end if a listed file never came."""
+    listed = {f.path: f for f in manifest.files}
+    seen: set[str] = set()
+    while (member := tar.next()) is not None:
+        name = check_member(member, path)
+        if member.isdir():
+            continue
+        entry = listed.get(name)
+        if entry is None:
+            raise BundleError(f"{path}: {name} is not listed in the manifest; refusing the bundle")
+        if name in seen:
+            raise BundleError(f"{path}: {name} appears twice in the bundle; refusing it")
+        seen.add(name)
+        if member.size != entry.size:
+            raise BundleError(f"{name}: {member.size} bytes, the manifest says {entry.size}; the bundle is damaged")
+        fh = tar.extractfile(member)
+        assert fh is not None
+        yield entry, fh
+    missing = sorted(set(listed) - seen)
+    if missing:
+        raise BundleError(f"{path}: {missing[0]} is listed in the manifest but missing (truncated download?)")
+
+
 def _verify_stream(path: Path, trusted: Sequence[Ed25519PublicKey]) -> Manifest:
     with _open(path) as tar:
         manifest_bytes = _read_small(tar, tar.next(), MANIFEST, path)
         verify_signature(manifest_bytes, _read_small(tar, tar.next(), SIGNATURE, path), trusted)
         manifest = Manifest.from_bytes(manifest_bytes)
-        listed = {f.path: f for f in manifest.files}
-        seen: set[str] = set()
-        while (member := tar.next()) is not None:
-            name = check_member(member, path)
-            if member.isdir():
-                continue
-            entry = listed.get(name)
-            if entry is None:
-                raise BundleError(f"{path}: {name} is not listed in the manifest; refusing the bundle")
-            if name in seen:
-                raise BundleError(f"{path}: {name} appears twice in the bundle; refusing it")
-            seen.add(name)
-            if member.size != entry.size:
-                raise BundleError(f"{name}: {member.size} bytes, the manifest says {entry.size}; the bundle is damaged")
-            fh = tar.extractfile(member)
-            assert fh is not None
+        for entry, fh in listed_members(tar, manifest, path):
             digest = hashlib.sha256()
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
             if digest.hexdigest() != entry.sha256:
-                raise BundleError(f"{name}: sha256 differs from the manifest; the file was altered or damaged")
-    missing = sorted(set(listed) - seen)
-    if missing:
-        raise BundleError(f"{path}: {missing[0]} is listed in the manifest but missing (truncated download?)")
+                raise BundleError(f"{entry.path}: sha256 differs from the manifest; the file was altered or damaged")
     return manifest

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from device import __version__
 from device.bundle import MANIFEST, SIGNATURE, BundleError, Manifest, load_trusted_keys, verify_signature, version_tuple
-from device.bundle_tar import _read_small, check_member
+from device.bundle_tar import _read_small, listed_members
 from device.errors import PhiboxError
 from device.state import StateDir, fsync_dir
 
@@ -101,21 +101,9 @@ def unpack(path: Path, state: StateDir, *, allow_downgrade: bool = False) -> tup
 
 
 def _extract_listed(tar: tarfile.TarFile, manifest: Manifest, staging: Path, path: Path) -> None:
-    listed = {f.path: f for f in manifest.files}
-    written: set[str] = set()
-    while (member := tar.next()) is not None:
-        name = check_member(member, path)
-        if member.isdir():
-            continue
-        entry = listed.get(name)
-        if entry is None:
-            raise BundleError(f"{path}: {name} is not listed in the manifest; refusing the bundle")
-        if name in written:
-            raise BundleError(f"{path}: {name} appears twice in the bundle; refusing it")
-        target = staging / name
+    for entry, source in listed_members(tar, manifest, path):
+        target = staging / entry.path
         target.parent.mkdir(parents=True, exist_ok=True)
-        source = tar.extractfile(member)
-        assert source is not None
         digest, size = hashlib.sha256(), 0
         with open(target, "xb") as out:
             while chunk := source.read(1 << 20):
@@ -126,11 +114,7 @@ def _extract_listed(tar: tarfile.TarFile, manifest: Manifest, staging: Path, pat
             out.flush()
             os.fsync(out.fileno())
         if size != entry.size or digest.hexdigest() != entry.sha256:
-            raise BundleError(f"{name}: size or sha256 differs from the manifest; the bundle is damaged")
-        written.add(name)
-    missing = sorted(set(listed) - written)
-    if missing:
-        raise BundleError(f"{path}: {missing[0]} is listed in the manifest but missing (truncated transfer?)")
+            raise BundleError(f"{entry.path}: size or sha256 differs from the manifest; the bundle is damaged")
 
 
 def install(path: Path, state: StateDir, *, health_check: HealthCheck | None = None, allow_downgrade: bool = False,
