@@ -33,6 +33,7 @@ COMMANDS: dict[str, Command] = {
     "ingest": Command("device.cmd_ingest", "index manuals (.md .txt .html .pdf) into the documents database", "device"),
     "search": Command("device.cmd_search", "show the passages retrieval finds for a question", "device"),
     "ask": Command("device.cmd_ask", "answer a question from the manuals, streamed, with sources", "device"),
+    "eval": Command("device.eval_cmd", "measure retrieval (hit@1, hit@5, MRR) on known questions", "device"),
     "keygen": Command("export.keys", "make an Ed25519 key pair for signing bundles", "export"),
     "train": Command("train.cli_train", "fine-tune Phi-3 on a plant's Q&A (QLoRA; GPU box)", "train"),
     "merge": Command("train.cli_merge", "merge a training run's adapter into the full-precision base", "train"),
