@@ -8,9 +8,10 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.phibox-installed
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint constraints clean system-deps
+.PHONY: help install test lint constraints clean system-deps demo
 
 help:
+	@echo "make demo    install, build the demo bundle (tiny model, sample manuals) and serve the kiosk"
 	@echo "make test    install everything pinned into $(VENV) and run the whole test suite"
 	@echo "make lint    ruff over the code"
 	@echo "make clean   remove $(VENV) (build caches in ~/.cache/phibox stay)"
@@ -45,6 +46,10 @@ test: system-deps $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check device export train tests
+
+# The first run trains and exports the tiny demo model (a few minutes); later runs start in seconds.
+demo: $(STAMP)
+	$(BIN)/phibox demo --out .demo --port $(or $(PORT),8080)
 
 # After a deliberate upgrade: rebuild the pins from what is installed, then run make test.
 constraints: $(STAMP)

@@ -44,6 +44,7 @@ COMMANDS: dict[str, Command] = {
     "pull": Command("device.pull_cmd", "install the newest bundle from a fleet channel (HTTP folder)", "device"),
     "publish": Command("device.publish_cmd", "put a bundle in a fleet channel folder (signed channel.json)", "device"),
     "status": Command("device.status_cmd", "show the active bundle, kept bundles and recent events", "device"),
+    "demo": Command("export.demo", "build the demo (tiny model, sample manuals) and serve the kiosk", "export"),
     "converter": Command(
         "export.llama_kit", "set up or locate llama.cpp's GGUF converter (export boxes)", "export"
     ),

@@ -108,7 +108,10 @@ class OnnxGenaiRunner:
         gen.append_tokens(ids)
         while not gen.is_done():
             gen.generate_next_token()
-        return self.tokenizer.decode(gen.get_sequence(0)[len(ids):])
+        new = gen.get_sequence(0)[len(ids):]
+        # onnxruntime-genai 0.15's decode dies with SIGFPE on an empty sequence (an answer that is
+        # only the stop token): never call it with one.
+        return self.tokenizer.decode(new) if len(new) else ""
 
     def close(self) -> None:
         del self.model

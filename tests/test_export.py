@@ -81,7 +81,8 @@ def test_onnx_answers_and_stops_on_end(unpacked: Path, hf_tokenizer) -> None:
     new = [int(t) for t in generator.get_sequence(0)[len(ids):]]
     stops = {hf_tokenizer.convert_tokens_to_ids(t) for t in ("<|end|>", "<|endoftext|>")}
     assert len(new) < 48, "generation ran to the length limit instead of stopping on <|end|>"
-    text = tokenizer.decode([t for t in new if t not in stops]).strip()
+    kept = [t for t in new if t not in stops]
+    text = tokenizer.decode(kept).strip() if kept else ""  # decode([]) crashes onnxruntime-genai 0.15
     assert text == FACTS["E31"]
 
 
