@@ -30,10 +30,12 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 
 install: $(STAMP)
 
-# Debian packages the tests use: systemd-analyze (unit checks). Installed when missing and we are
-# root with apt; otherwise the tests that need them skip and say why.
+# Debian packages the tests use: systemd-analyze (unit checks), Chromium and its driver (browser
+# tests). Installed when missing and we are root with apt; otherwise those tests skip and say why.
 system-deps:
 	@missing=""; command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Debian packages:$$missing"; \

@@ -18,13 +18,18 @@ function where(p) {
   return place + (p.page ? ", page " + p.page : "") + "  (" + p.source + ")";
 }
 
+const STOPWORDS = new Set(("the and for with what when where which how does did can could should would "
+  + "this that these those from into have has had not are was were you your what's do i a an of to in on is it")
+  .split(" "));
+
 function highlighted(text, question) {
   // The passage text with the question's words marked: built from text nodes and <mark> elements.
-  const words = (question.toLowerCase().match(/[\p{L}\p{N}][\p{L}\p{N}\-]{2,}/gu) || []);
+  const words = (question.toLowerCase().match(/[\p{L}\p{N}][\p{L}\p{N}\-]{1,}/gu) || [])
+    .filter((w) => !STOPWORDS.has(w));
   const frag = document.createDocumentFragment();
   if (!words.length) { frag.append(text); return frag; }
   const escaped = words.map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
-  const re = new RegExp("(" + escaped.join("|") + ")", "giu");
+  const re = new RegExp("(?<![\\p{L}\\p{N}])(" + escaped.join("|") + ")(?![\\p{L}\\p{N}])", "giu");
   let last = 0;
   for (const m of text.matchAll(re)) {
     frag.append(text.slice(last, m.index), el("mark", m[0]));
@@ -168,7 +173,7 @@ async function ask(question) {
         const t = data.timings || {};
         if (t.first_token_ms != null) {
           $("timings").textContent = "first words after " + (t.first_token_ms / 1000).toFixed(1) + " s · "
-            + (t.tokens_per_s || 0).toFixed(1) + " words/s · passages in " + Math.round(t.retrieval_ms) + " ms";
+            + (t.tokens_per_s || 0).toFixed(1) + " tokens/s · passages in " + Math.round(t.retrieval_ms) + " ms";
         }
       }
     });

@@ -1,0 +1,200 @@
+"""The kiosk and admin pages in a real browser (Debian's Chromium, headless, driven by Selenium).
+Screenshots land in test-artifacts/ for people to look at."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from docs_kit import write_corpus
+from test_serve import free_port, get
+
+from device import admin_auth, installer
+from device.config import EngineConfig
+from device.embedder import OnnxEmbedder
+from device.ingest import ingest
+from device.state import StateDir
+from device.store import DocumentStore
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian's chromium and chromium-driver are not "
+                                "installed (make test installs them where apt is available)")
+PASSWORD = "browser test password"
+HOSTILE = """# Guard door GD-4
+<script>window.__pwned = 'doc script'</script> Close guard door GD-4 before restart.
+<img src=x onerror="window.__pwned = 'doc img'"> Door switch DS-7 must click.
+"""
+
+
+def start(args: list[str]) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--port", str(port), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+        try:
+            if json.loads(get(port, "/healthz", timeout=2)[2])["status"] in ("ready", "degraded"):
+                return proc, port
+        except OSError:
+            pass
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def kiosk(lifecycle_files, admin_keys, tiny_bundle_dir: Path, tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser") / "state"
+    state = StateDir(root).init()
+    shutil.copy(admin_keys[1], state.keys / "admin.pub")
+    installer.install(lifecycle_files["v3"], state)
+    corpus = write_corpus(root.parent / "manuals")
+    (corpus / "guard.md").write_text(HOSTILE)
+    store = DocumentStore.open(state.db)
+    ingest([corpus], store, OnnxEmbedder(tiny_bundle_dir / "embedder"), EngineConfig(), progress=False)
+    store.close()
+    admin_auth.set_password(root, PASSWORD)
+    proc, port = start(["--state", str(root), "--demo"])
+    yield {"url": f"http://127.0.0.1:{port}", "state": state, "files": lifecycle_files}
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1100,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    ARTIFACTS.mkdir(exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def wait_for(condition, timeout: float = 60):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition()
+        except (StaleElementReferenceException, NoSuchElementException):  # the page is reloading
+            value = None
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out waiting in the browser"
+        time.sleep(0.1)
+
+
+WATCH = """window.__snapshots = [];
+new MutationObserver(() => window.__snapshots.push(document.getElementById('answer').textContent))
+  .observe(document.getElementById('answer'), {childList: true, subtree: true, characterData: true});"""
+"""Records every state the answer passes through, so streaming can be checked however fast it is."""
+
+
+def ask(driver, url: str, question: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(url + "/")
+    driver.execute_script(WATCH)
+    box = driver.find_element(By.ID, "q")
+    box.clear()
+    box.send_keys(question)
+    driver.find_element(By.ID, "go").click()
+
+
+def test_answer_streams_and_passages_open(kiosk, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    ask(browser, kiosk["url"], "The press shows E42, what do I check?")
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#passages li"))
+    assert "E42" in browser.find_element(By.ID, "passages").text
+    wait_for(lambda: browser.find_element(By.ID, "timings").text)
+    snapshots = [s for s in browser.execute_script("return window.__snapshots;") if s]
+    assert len(set(snapshots)) >= 2, "the answer should appear in several steps, as it streams"
+    assert snapshots[-1].strip() == browser.find_element(By.ID, "answer").text.strip()
+    assert browser.find_element(By.ID, "demo-notice").is_displayed()
+    browser.save_screenshot(str(ARTIFACTS / "browser-answer.png"))
+    browser.find_element(By.CSS_SELECTOR, "#passages li button.cite").click()
+    dialog = wait_for(lambda: browser.find_element(By.ID, "passage").get_attribute("open") is not None
+                      and browser.find_element(By.ID, "passage"))
+    assert "hydraulic pressure" in dialog.text
+    marks = [m.text.lower() for m in dialog.find_elements(By.TAG_NAME, "mark")]
+    assert "press" in marks and "e42" in marks
+    browser.save_screenshot(str(ARTIFACTS / "browser-passage.png"))
+    assert "The press shows E42" in browser.find_element(By.ID, "history").text
+
+
+def test_citations_in_an_answer_become_buttons_and_hostile_output_stays_text(kiosk, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    ask(browser, kiosk["url"], "guard door GD-4 switch DS-7")
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#passages li"))
+    assert "<script>" in browser.find_element(By.ID, "passages").text  # shown as text
+    wait_for(lambda: browser.find_element(By.ID, "timings").text or browser.find_element(By.ID, "error").text)
+    hostile = 'Close GD-4 first [1]. <img src=x onerror="window.__pwned=\'model\'"><script>window.__pwned=1</script>'
+    browser.execute_script("renderAnswer(arguments[0]);", hostile)
+    answer = browser.find_element(By.ID, "answer")
+    assert answer.find_elements(By.TAG_NAME, "img") == [] and answer.find_elements(By.TAG_NAME, "script") == []
+    assert "<img src=x" in answer.text
+    button = answer.find_element(By.CSS_SELECTOR, "button.cite")
+    button.click()
+    wait_for(lambda: browser.find_element(By.ID, "passage").get_attribute("open") is not None)
+    assert "GD-4" in browser.find_element(By.ID, "p-text").text
+    time.sleep(0.5)
+    assert browser.execute_script("return window.__pwned === undefined;")
+    browser.save_screenshot(str(ARTIFACTS / "browser-xss-inert.png"))
+
+
+def test_retrieval_only_fallback_when_the_model_cannot_load(tiny_bundle_dir: Path, kiosk, browser,
+                                                           tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    broken = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle_dir, broken)
+    (broken / "model" / "phi3-q4_k_m.gguf").write_bytes(b"GGUF not a model")
+    proc, port = start(["--bundle", str(broken), "--db", str(kiosk["state"].db), "--backend", "gguf"])
+    try:
+        ask(browser, f"http://127.0.0.1:{port}", "The press shows E42, what do I check?")
+        title = wait_for(lambda: "Best passages" in browser.find_element(By.ID, "passages-title").text
+                         and browser.find_element(By.ID, "passages-title"))
+        assert "loading" in title.text and browser.find_elements(By.CSS_SELECTOR, "#passages li")
+        assert "could not be loaded" in browser.find_element(By.ID, "error").text
+        browser.save_screenshot(str(ARTIFACTS / "browser-fallback.png"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_admin_login_upload_and_rollback(kiosk, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(kiosk["url"] + "/admin")
+    assert browser.current_url.endswith("/admin/login")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    wait_for(lambda: browser.find_elements(By.ID, "bundle-upload"))
+    assert browser.find_element(By.ID, "active-version").text == "3"
+    browser.find_element(By.ID, "bundle-file").send_keys(str(kiosk["files"]["v4"]))
+    browser.find_element(By.ID, "bundle-upload").click()
+    wait_for(lambda: "Installed plant7 v4" in browser.find_element(By.ID, "bundle-result").text, timeout=120)
+    browser.save_screenshot(str(ARTIFACTS / "browser-admin-upload.png"))
+    wait_for(lambda: browser.find_elements(By.ID, "active-version")
+             and browser.find_element(By.ID, "active-version").text == "4")
+    browser.find_element(By.ID, "rollback").click()
+    wait_for(lambda: browser.find_element(By.ID, "active-version").text == "3")
+    assert kiosk["state"].active_version() == 3
+    browser.save_screenshot(str(ARTIFACTS / "browser-admin-rollback.png"))
