@@ -34,7 +34,7 @@ class Backend(Protocol):
 
     def generate(self, prompt: str, max_new_tokens: int, temperature: float = 0.0,
                  cancel: threading.Event | None = None, reuse_prefix: bool = True,
-                 logit_bias: dict[int, float] | None = None) -> Iterator[str]: ...
+                 logit_bias: dict[int, float] | None = None, min_new_tokens: int = 0) -> Iterator[str]: ...
 
     def close(self) -> None: ...
 
@@ -75,14 +75,29 @@ class LlamaCppBackend:
 
     def generate(self, prompt: str, max_new_tokens: int, temperature: float = 0.0,
                  cancel: threading.Event | None = None, reuse_prefix: bool = True,
-                 logit_bias: dict[int, float] | None = None) -> Iterator[str]:
+                 logit_bias: dict[int, float] | None = None, min_new_tokens: int = 0) -> Iterator[str]:
         tokens = self.tokenize(prompt)
         _check_fit(len(tokens), max_new_tokens, self.context_window)
         if not reuse_prefix:
             self.llm.reset()
+        processors = None
+        if min_new_tokens > 0:
+            import llama_cpp
+            import numpy as np
+
+            vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+            eog = [t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+            start = len(tokens)
+
+            def hold_end(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+                if len(input_ids) - start < min_new_tokens:  # too early to end the answer
+                    scores[eog] = -np.inf
+                return scores
+
+            processors = llama_cpp.LogitsProcessorList([hold_end])
         stream = self.llm.create_completion(tokens, max_tokens=max_new_tokens, temperature=temperature,
                                             top_k=1 if temperature == 0 else 40, stream=True, stop=list(STOP_TEXTS),
-                                            logit_bias=logit_bias)
+                                            logit_bias=logit_bias, logits_processor=processors)
         try:
             for chunk in stream:
                 if cancel is not None and cancel.is_set():
@@ -125,7 +140,7 @@ class OnnxGenaiBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
-    def _start(self, tokens: list[int], temperature: float, reuse_prefix: bool) -> None:
+    def _start(self, tokens: list[int], temperature: float, reuse_prefix: bool, min_new_tokens: int = 0) -> None:
         common = 0
         if reuse_prefix and self.generator is not None and temperature == 0:
             while common < min(len(tokens) - 1, len(self.tokens)) and tokens[common] == self.tokens[common]:
@@ -135,6 +150,8 @@ class OnnxGenaiBackend:
         else:
             params = self.og.GeneratorParams(self.model)
             options = {"max_length": self.context_window, "do_sample": temperature > 0}
+            if min_new_tokens:  # a fresh generator: min_length counts the prompt too
+                options["min_length"] = len(tokens) + min_new_tokens
             if temperature > 0:
                 options.update(temperature=temperature, top_k=40)
             params.set_search_options(**options)
@@ -144,12 +161,12 @@ class OnnxGenaiBackend:
 
     def generate(self, prompt: str, max_new_tokens: int, temperature: float = 0.0,
                  cancel: threading.Event | None = None, reuse_prefix: bool = True,
-                 logit_bias: dict[int, float] | None = None) -> Iterator[str]:
+                 logit_bias: dict[int, float] | None = None, min_new_tokens: int = 0) -> Iterator[str]:
         if logit_bias:
             raise UnsupportedOptionError("logit_bias is not supported by the onnx backend; use the gguf one")
         tokens = self.tokenize(prompt)
         _check_fit(len(tokens), max_new_tokens, self.context_window)
-        self._start(tokens, temperature, reuse_prefix)
+        self._start(tokens, temperature, reuse_prefix and min_new_tokens == 0, min_new_tokens)
         stream = self.tokenizer.create_stream()
         for _ in range(max_new_tokens):
             if (cancel is not None and cancel.is_set()) or self.generator.is_done():

@@ -1,5 +1,6 @@
 """OpenAI-compatible API: GET /v1/models and POST /v1/chat/completions (streaming or not).
 
+Extensions: ``min_tokens`` (as in vLLM: no end of turn before that many tokens) and ``rag``.
 Two model ids: ``phibox-<bundle>`` answers from the manuals (RAG: the last user message is the
 question; citations come back in an extra ``citations`` field) and ``phibox-<bundle>-norag`` runs
 the chat as given. A request may also say ``"rag": false``. Errors use OpenAI's error format.
@@ -90,10 +91,13 @@ def parse_request(body: Any) -> dict[str, Any]:
         logit_bias = {int(k): float(v) for k, v in bias.items()} if bias else None
     except (TypeError, ValueError) as exc:
         raise ApiError(400, "'logit_bias' maps token ids to numbers", param="logit_bias") from exc
+    min_tokens = _param(body, "min_tokens", int, 0) or 0
+    if not 0 <= min_tokens <= max_tokens:
+        raise ApiError(400, "'min_tokens' must be between 0 and max_tokens", param="min_tokens")
     rag = bool(body.get("rag", not model.endswith("-norag")))
     return {"model": model, "messages": messages, "stream": bool(body.get("stream", False)),
             "max_tokens": max_tokens, "temperature": float(temperature), "stop": stop, "logit_bias": logit_bias,
-            "rag": rag}
+            "rag": rag, "min_tokens": min_tokens}
 
 
 @bp.post("/chat/completions")
@@ -123,7 +127,8 @@ def chat_completions() -> Response:
                 raise ApiError(400, f"{prompt_tokens} prompt tokens + max_tokens {req['max_tokens']} exceed the "
                                f"{backend.context_window}-token context", param="messages",
                                code="context_length_exceeded")
-        job = svc.submit(Job(prompt, req["max_tokens"], req["temperature"], req["stop"], req["logit_bias"]))
+        job = svc.submit(Job(prompt, req["max_tokens"], req["temperature"], req["stop"], req["logit_bias"],
+                             req["min_tokens"]))
     except NotReadyError as exc:
         raise ApiError(503, str(exc), kind="server_error", code="model_not_ready",
                        headers={"Retry-After": str(svc.serve.retry_after_s)}) from exc

@@ -41,6 +41,7 @@ class Job:
     temperature: float = 0.0
     stop: list[str] = field(default_factory=list)
     logit_bias: dict[int, float] | None = None
+    min_tokens: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)
     events: queue.Queue[tuple[str, Any]] = field(default_factory=queue.Queue)
     submitted: float = field(default_factory=time.monotonic)
@@ -119,7 +120,7 @@ class GenerationWorker:
         text, pieces, first = "", 0, None
         finish = "length"
         for piece in backend.generate(job.prompt, job.max_new_tokens, job.temperature, job.cancel,
-                                      logit_bias=job.logit_bias):
+                                      logit_bias=job.logit_bias, min_new_tokens=job.min_tokens):
             self.heartbeat = time.monotonic()
             if first is None:
                 first = time.monotonic() - started

@@ -167,3 +167,12 @@ def test_ask_command_prints_the_answer_then_sources(indexed: Path, tiny_bundle_d
                  "--bundle", str(tiny_bundle_dir), "--backend", "onnx", "--max-tokens", "16"]) == 0
     out = capsys.readouterr().out
     assert "Sources" in out and "[1] press.md" in out and "tokens/s" in out
+
+
+@pytest.mark.parametrize("runtime", ["gguf", "onnx"])
+def test_min_new_tokens_holds_the_end_of_turn_back(runtime: str, request) -> None:
+    backend = request.getfixturevalue(runtime)
+    prompt = "<|user|>\nWhat do I do for fault E31?<|end|>\n<|assistant|>\n"
+    natural = list(backend.generate(prompt, 80))
+    held = list(backend.generate(prompt, 80, min_new_tokens=40))
+    assert len(natural) < 40 <= len(held)
