@@ -8,11 +8,12 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.phibox-installed
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint constraints clean system-deps demo
+.PHONY: help install test lint constraints clean system-deps demo bench
 
 help:
 	@echo "make demo    install, build the demo bundle (tiny model, sample manuals) and serve the kiosk"
 	@echo "make test    install everything pinned into $(VENV) and run the whole test suite"
+	@echo "make bench   measure phibox's paths side by side with the raw libraries"
 	@echo "make lint    ruff over the code"
 	@echo "make clean   remove $(VENV) (build caches in ~/.cache/phibox stay)"
 
@@ -52,6 +53,10 @@ lint: $(STAMP)
 # The first run trains and exports the tiny demo model (a few minutes); later runs start in seconds.
 demo: $(STAMP)
 	$(BIN)/phibox demo --out .demo --port $(or $(PORT),8080)
+
+# One table of measured ratios (phibox vs the raw libraries), also written to bench-results.json.
+bench: $(STAMP)
+	$(BIN)/phibox bench --demo-dir .demo --out bench-results.json
 
 # After a deliberate upgrade: rebuild the pins from what is installed, then run make test.
 constraints: $(STAMP)

@@ -45,6 +45,7 @@ COMMANDS: dict[str, Command] = {
     "publish": Command("device.publish_cmd", "put a bundle in a fleet channel folder (signed channel.json)", "device"),
     "status": Command("device.status_cmd", "show the active bundle, kept bundles and recent events", "device"),
     "demo": Command("export.demo", "build the demo (tiny model, sample manuals) and serve the kiosk", "export"),
+    "bench": Command("export.bench", "measure phibox's paths side by side with the raw libraries", "export"),
     "converter": Command(
         "export.llama_kit", "set up or locate llama.cpp's GGUF converter (export boxes)", "export"
     ),
