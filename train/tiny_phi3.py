@@ -19,7 +19,7 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -54,6 +54,10 @@ class TinySpec:
     """SentencePiece pieces before Phi-3's added tokens; the total is padded to a multiple of 64."""
     max_position_embeddings: int = 4096
     seed: int = 0
+    padded_vocab: int = 0
+    """Embedding rows; 0 means pieces + added tokens rounded up to a multiple of 64 (Phi-3-mini: 32064)."""
+    dtype: str = "float32"
+    """Weights dtype on disk: float32 for tests, bfloat16 for the Phi-3-mini-shaped benchmark model."""
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -68,7 +72,14 @@ class TinySpec:
     def vocab_size(self) -> int:
         """Embedding rows: pieces + added tokens, padded to a multiple of 64 like Phi-3's 32064."""
         n = self.sp_vocab_size + len(PHI3_ADDED_TOKENS)
-        return (n + 63) // 64 * 64
+        return self.padded_vocab or (n + 63) // 64 * 64
+
+
+PHI3_MINI_SHAPE = TinySpec(hidden_size=3072, intermediate_size=8192, num_layers=32, num_heads=32,
+                           padded_vocab=32064, dtype="bfloat16")
+"""Phi-3-mini's exact shape (3.8 B parameters, random weights): real-size speed and memory for benchmarks."""
+PHI3_MINI_16_LAYERS = replace(PHI3_MINI_SHAPE, num_layers=16)
+"""Half of Phi-3-mini's layers: the ONNX builder needs more than 24 GB of RAM for all 32."""
 
 
 def recipe_key(spec: TinySpec) -> str:
@@ -221,10 +232,15 @@ def build_model(out_dir: Path, spec: TinySpec, tokenizer) -> None:
         eos_token_id=eot,
         pad_token_id=eot,
         tie_word_embeddings=False,
-        torch_dtype="float32",
+        torch_dtype=spec.dtype,
     )
     torch.manual_seed(spec.seed)
-    model = Phi3ForCausalLM(config).eval()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, spec.dtype))  # a 3.8 B model in float32 would need 15 GB
+    try:
+        model = Phi3ForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
     model.generation_config = GenerationConfig(
         bos_token_id=1, eos_token_id=[eot, end], pad_token_id=eot, do_sample=False
     )
