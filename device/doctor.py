@@ -22,6 +22,7 @@ DEVICE_PACKAGES = (
     ("onnxruntime_genai", "onnxruntime-genai"),
     ("llama_cpp", "llama-cpp-python"),
     ("pypdf", "pypdf"),
+    ("prometheus_client", "prometheus-client"),
     ("cryptography", "cryptography"),
 )
 """(import name, distribution name) of everything the device extra installs."""
