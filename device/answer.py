@@ -140,7 +140,7 @@ class Engine:
         return search(self.store, self.embedder, question, self.cfg)
 
     def answer(self, question: str, *, cancel: threading.Event | None = None, max_new_tokens: int | None = None,
-               temperature: float | None = None, reuse_prefix: bool = True) -> Iterator[Event]:
+               temperature: float | None = None, reuse_prefix: bool = True, min_new_tokens: int = 0) -> Iterator[Event]:
         started = time.perf_counter()
         result = self.search(question)
         timings = Timings(retrieval_ms=round(result.retrieval_ms, 2))
@@ -160,7 +160,8 @@ class Engine:
         with self.lock:
             gen_start = time.perf_counter()
             for piece in self.backend.generate(prompt, max_new, self.cfg.temperature if temperature is None
-                                               else temperature, cancel, reuse_prefix):
+                                               else temperature, cancel, reuse_prefix,
+                                               min_new_tokens=min_new_tokens):
                 if timings.first_token_ms is None:
                     timings.first_token_ms = round((time.perf_counter() - gen_start) * 1000, 2)
                 pieces.append(piece)

@@ -80,24 +80,11 @@ class LlamaCppBackend:
         _check_fit(len(tokens), max_new_tokens, self.context_window)
         if not reuse_prefix:
             self.llm.reset()
-        processors = None
         if min_new_tokens > 0:
-            import llama_cpp
-            import numpy as np
-
-            vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-            eog = [t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)]
-            start = len(tokens)
-
-            def hold_end(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-                if len(input_ids) - start < min_new_tokens:  # too early to end the answer
-                    scores[eog] = -np.inf
-                return scores
-
-            processors = llama_cpp.LogitsProcessorList([hold_end])
-        stream = self.llm.create_completion(tokens, max_tokens=max_new_tokens, temperature=temperature,
-                                            top_k=1 if temperature == 0 else 40, stream=True, stop=list(STOP_TEXTS),
-                                            logit_bias=logit_bias, logits_processor=processors)
+            yield from self._held_then_free(prompt, tokens, max_new_tokens, min_new_tokens, temperature, cancel,
+                                            logit_bias)
+            return
+        stream = self._stream(tokens, max_new_tokens, temperature, logit_bias)
         try:
             for chunk in stream:
                 if cancel is not None and cancel.is_set():
@@ -109,6 +96,38 @@ class LlamaCppBackend:
                     break
         finally:
             stream.close()
+
+    def _stream(self, tokens: list[int], max_new_tokens: int, temperature: float,
+                logit_bias: dict[int, float] | None) -> Iterator[dict]:
+        return self.llm.create_completion(tokens, max_tokens=max_new_tokens, temperature=temperature,
+                                          top_k=1 if temperature == 0 else 40, stream=True, stop=list(STOP_TEXTS),
+                                          logit_bias=logit_bias)
+
+    def _held_then_free(self, prompt: str, tokens: list[int], max_new_tokens: int, min_new_tokens: int,
+                        temperature: float, cancel: threading.Event | None,
+                        logit_bias: dict[int, float] | None) -> Iterator[str]:
+        """min_new_tokens: first that many tokens with the end-of-generation tokens banned (a logit
+        bias keeps llama.cpp's fast sampler; a Python logits processor measured 20x slower at
+        Phi-3-mini size), then the rest as usual, continuing from the same KV cache."""
+        import llama_cpp
+
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        banned = {t: -1e9 for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+        text = ""
+        stream = self._stream(tokens, min_new_tokens, temperature, {**(logit_bias or {}), **banned})
+        try:
+            for chunk in stream:
+                if cancel is not None and cancel.is_set():
+                    return
+                piece = chunk["choices"][0]["text"]
+                text += piece
+                if piece:
+                    yield piece
+        finally:
+            stream.close()
+        rest = max_new_tokens - min_new_tokens
+        if rest > 0:
+            yield from self.generate(prompt + text, rest, temperature, cancel, True, logit_bias, 0)
 
     def close(self) -> None:
         self.llm.close()

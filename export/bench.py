@@ -131,12 +131,12 @@ def ttft(bundle: Path, db: Path, threads: int, runs: int = 5) -> tuple[float, fl
                  "How do I clean the filler nozzles?", "Labeller shows L09, what now?"]
     results: dict[bool, list[float]] = {True: [], False: []}
     try:
-        list(engine.answer(questions[0]))  # warm-up
+        list(engine.answer(questions[0], min_new_tokens=2))  # warm-up
         for i in range(runs):
             for reuse in (False, True):
                 q = questions[(i + 1) % len(questions)]
-                list(engine.answer(questions[i % len(questions)], reuse_prefix=True))  # leave a prefix behind
-                done = list(engine.answer(q, reuse_prefix=reuse))[-1].data
+                list(engine.answer(questions[i % len(questions)], reuse_prefix=True, min_new_tokens=2))
+                done = list(engine.answer(q, reuse_prefix=reuse, min_new_tokens=2))[-1].data
                 results[reuse].append(done.timings.first_token_ms)
     finally:
         backend.close()
