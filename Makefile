@@ -56,7 +56,7 @@ demo: $(STAMP)
 
 # One table of measured ratios (phibox vs the raw libraries), also written to bench-results.json.
 bench: $(STAMP)
-	$(BIN)/phibox bench --demo-dir .demo --out bench-results.json
+	$(BIN)/phibox bench --demo-dir .demo --out bench-results.json $(ARGS)
 
 # After a deliberate upgrade: rebuild the pins from what is installed, then run make test.
 constraints: $(STAMP)
