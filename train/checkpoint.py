@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from device.state import fsync_dir
+
 PREFIX = "step-"
 
 
@@ -62,7 +64,7 @@ def save(root: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainSta
     if final.exists():
         shutil.rmtree(final)
     os.rename(partial, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in checkpoint_dirs(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -83,12 +85,4 @@ def _fsync_tree(root: Path) -> None:
         for name in filenames:
             with open(Path(dirpath) / name, "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(Path(dirpath))
