@@ -144,3 +144,17 @@ def lifecycle_files(tiny_bundle_dir: Path, tiny_bundle_file: Path, admin_keys, t
         "v4-broken": resign(tiny_bundle_dir, d / "plant7-v4b.phibox", key, 4, edit=broken_model, scratch=d),
         "v9-future": resign(tiny_bundle_dir, d / "plant7-v9.phibox", key, 9, min_device_version="99.0.0", scratch=d),
     }
+
+
+@pytest.fixture()
+def v3_state(lifecycle_files, admin_keys, tmp_path: Path):
+    """A device state directory trusting the admin key, with plant7 v3 installed and active."""
+    import shutil
+
+    from device import installer
+    from device.state import StateDir
+
+    state = StateDir(tmp_path / "state").init()
+    shutil.copy(admin_keys[1], state.keys / "admin.pub")
+    installer.install(lifecycle_files["v3"], state)
+    return state

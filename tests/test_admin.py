@@ -7,15 +7,13 @@ import json
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 from docs_kit import write_corpus
-from test_serve import free_port, get, post
+from test_serve import get, post, start_server
 
 from device import admin_auth, installer
 from device.app import create_app
@@ -46,20 +44,7 @@ def device(lifecycle_files, admin_keys, tiny_bundle_dir: Path, tmp_path_factory)
     admin_auth.set_password(root, PASSWORD)
     token_file = root.parent / "token"
     assert main(["admin", "new-token", "--state", str(root), "--out", str(token_file)]) == 0
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--state", str(root), "--port", str(port),
-                             "--queue-size", "2", "--backend", "gguf"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.monotonic() < deadline
-        try:
-            if json.loads(get(port, "/healthz", timeout=2)[2])["status"] == "ready":
-                break
-        except OSError:
-            pass
-        time.sleep(0.2)
+    proc, port = start_server(["--state", str(root), "--queue-size", "2", "--backend", "gguf"])
     yield {"state": state, "port": port, "token": token_file, "proc": proc}
     proc.terminate()
     proc.wait(timeout=30)

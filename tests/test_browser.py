@@ -3,16 +3,14 @@ Screenshots land in test-artifacts/ for people to look at."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from docs_kit import write_corpus
-from test_serve import free_port, get
+from test_serve import start_server
 
 from device import admin_auth, installer
 from device.config import EngineConfig
@@ -34,18 +32,7 @@ HOSTILE = """# Guard door GD-4
 
 
 def start(args: list[str]) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--port", str(port), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-        try:
-            if json.loads(get(port, "/healthz", timeout=2)[2])["status"] in ("ready", "degraded"):
-                return proc, port
-        except OSError:
-            pass
-        time.sleep(0.2)
+    return start_server(args, states=("ready", "degraded"))
 
 
 @pytest.fixture(scope="module")

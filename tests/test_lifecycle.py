@@ -4,7 +4,6 @@ health check with automatic rollback."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,11 +26,8 @@ def files(lifecycle_files) -> dict[str, Path]:
 
 
 @pytest.fixture()
-def state(files, admin_keys, tmp_path: Path) -> StateDir:
-    s = StateDir(tmp_path / "state").init()
-    shutil.copy(admin_keys[1], s.keys / "admin.pub")
-    installer.install(files["v3"], s)
-    return s
+def state(v3_state) -> StateDir:
+    return v3_state
 
 
 def assert_serving(state: StateDir, version: int) -> None:

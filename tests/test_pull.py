@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from device import installer
 from device.channel import CHANNEL, publish
 from device.cli import main
 from device.state import StateDir
@@ -61,11 +59,8 @@ def channel_server(tmp_path: Path):
 
 
 @pytest.fixture()
-def state(lifecycle_files, admin_keys, tmp_path: Path) -> StateDir:
-    s = StateDir(tmp_path / "state").init()
-    shutil.copy(admin_keys[1], s.keys / "admin.pub")
-    installer.install(lifecycle_files["v3"], s)
-    return s
+def state(v3_state) -> StateDir:
+    return v3_state
 
 
 def test_pull_resumes_an_interrupted_download_then_activates(channel_server, state, lifecycle_files, admin_keys,

@@ -81,23 +81,28 @@ def docs_db(tiny_bundle_dir: Path, tmp_path_factory) -> Path:
     return folder / "docs.db"
 
 
-@pytest.fixture(scope="module")
-def server(tiny_bundle_dir: Path, docs_db: Path):
+def start_server(args: list[str], states: tuple[str, ...] = ("ready",)) -> tuple[subprocess.Popen, int]:
+    """`phibox serve ARGS` on a free port, once /healthz reports one of states."""
     port = free_port()
-    cmd = [sys.executable, "-m", "device.cli", "serve", "--bundle", str(tiny_bundle_dir), "--db", str(docs_db),
-           "--port", str(port), "--queue-size", "2", "--backend", "gguf"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
     while True:
         assert proc.poll() is None, proc.stdout.read().decode()
         assert time.monotonic() < deadline, "server did not become ready"
         try:
             status, _, body = get(port, "/healthz", timeout=2)
-            if status == 200 and json.loads(body)["status"] == "ready":
-                break
+            if status == 200 and json.loads(body)["status"] in states:
+                return proc, port
         except OSError:
             pass
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle_dir: Path, docs_db: Path):
+    proc, port = start_server(["--bundle", str(tiny_bundle_dir), "--db", str(docs_db), "--queue-size", "2",
+                               "--backend", "gguf"])
     yield proc, port
     proc.terminate()
     proc.wait(timeout=30)
