@@ -14,7 +14,7 @@ help:
 	@echo "make demo    install, build the demo bundle (tiny model, sample manuals) and serve the kiosk"
 	@echo "make test    install everything pinned into $(VENV) and run the whole test suite"
 	@echo "make bench   measure phibox's paths side by side with the raw libraries"
-	@echo "make lint    ruff over the code"
+	@echo "make lint    ruff over the code, and the import contracts between the rooms (import-linter)"
 	@echo "make clean   remove $(VENV) (build caches in ~/.cache/phibox stay)"
 
 $(BIN)/python:
@@ -49,6 +49,7 @@ test: system-deps $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check device export train tests
+	$(BIN)/lint-imports
 
 # The first run trains and exports the tiny demo model (a few minutes); later runs start in seconds.
 demo: $(STAMP)

@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from device.errors import BundleError, KeyFileError
+from phibox.device.errors import BundleError, KeyFileError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from device.errors import ConfigError
+from phibox.device.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class EngineConfig:
     """CPU threads for the model and embedder; 0 means all cores."""
     context_window: int = 4096
     """Tokens the model context holds; prompt + answer must fit."""
+    reuse_prefix: bool = True
+    """Keep the evaluated prompt prefix (the system prompt every RAG prompt shares) in the model's
+    cache between questions; false re-evaluates every prompt (the benchmark's reference)."""
 
     def __post_init__(self) -> None:
         checks = [

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from device import paths
-from device.bundle import MANIFEST, Manifest
-from device.errors import ConfigError
+from phibox.device import paths
+from phibox.device.bundle import MANIFEST, Manifest
+from phibox.device.errors import ConfigError
 
 DOCUMENTS_DB = "documents.db"
 

@@ -6,7 +6,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from device import __version__
+from phibox.device import __version__
 
 
 def code_revision() -> str:

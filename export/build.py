@@ -7,10 +7,17 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from device.bundle import Embedder, load_private_key
-from device.errors import ConfigError
-from export import parity
-from export.pipeline import ExportConfig, Steps, build_manifest, check_merged, check_onnx_memory, clean_stale_staging
+from phibox.device.bundle import Embedder, load_private_key
+from phibox.device.errors import ConfigError
+from phibox.export import parity
+from phibox.export.pipeline import (
+    ExportConfig,
+    Steps,
+    build_manifest,
+    check_merged,
+    check_onnx_memory,
+    clean_stale_staging,
+)
 
 
 def export_bundle(merged: Path, key_path: Path, out_path: Path, cfg: ExportConfig,
@@ -37,11 +44,11 @@ def export_bundle(merged: Path, key_path: Path, out_path: Path, cfg: ExportConfi
 
 def _run(merged: Path, key, out_path: Path, cfg: ExportConfig, staging: Path,
          say: Callable[[str], None]) -> Path:
-    from export.embedder import default_embedder_dir, export_embedder
-    from export.gguf import convert_to_gguf, quantize_gguf
-    from export.llama_kit import find_kit
-    from export.onnx_genai import build_onnx_genai
-    from export.pack import write_bundle
+    from phibox.export.embedder import default_embedder_dir, export_embedder
+    from phibox.export.gguf import convert_to_gguf, quantize_gguf
+    from phibox.export.llama_kit import find_kit
+    from phibox.export.onnx_genai import build_onnx_genai
+    from phibox.export.pack import write_bundle
 
     files, work = staging / "bundle", staging / "work"
     files.mkdir()
@@ -86,7 +93,7 @@ def _run(merged: Path, key, out_path: Path, cfg: ExportConfig, staging: Path,
 
 def run_parity(merged: Path, gguf: Path | None, onnx_dir: Path | None, cfg: ExportConfig,
                report_path: Path) -> dict[str, parity.FormatResult]:
-    from export.runners import HFRunner, LlamaCppRunner, OnnxGenaiRunner, Runner
+    from phibox.export.runners import HFRunner, LlamaCppRunner, OnnxGenaiRunner, Runner
 
     prompts = parity.load_prompts(cfg.parity_prompts)
     reference = HFRunner(merged)
@@ -114,24 +121,20 @@ def run_parity(merged: Path, gguf: Path | None, onnx_dir: Path | None, cfg: Expo
 
 
 def build_index(docs: Path, embedder_dir: Path, db_path: Path) -> dict[str, int]:
-    """A prebuilt documents database made by the device's own ingestion code and the exported
-    embedder, checkpointed into a single file (no -wal or -shm beside it)."""
-    from device.config import EngineConfig
-    from device.embedder import OnnxEmbedder
-    from device.ingest import ingest
-    from device.store import DocumentStore
+    """A prebuilt documents database made by the device's own command (`phibox ingest`, the code a
+    kiosk runs) with the exported embedder, left as a single file (no -wal or -shm beside it)."""
+    import json
+    import subprocess
+    import sys
 
     if not docs.is_dir():
         raise ConfigError(f"--docs {docs} is not a folder of manuals")
     db_path.parent.mkdir(parents=True)
-    store = DocumentStore.open(db_path)
-    try:
-        report = ingest([docs], store, OnnxEmbedder(embedder_dir), EngineConfig(), progress=False)
-        if not report.added:
-            raise ConfigError(f"--docs {docs}: no readable manuals ({len(report.failed)} files failed)")
-        counts = store.counts()
-        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        store.conn.execute("PRAGMA journal_mode = DELETE")
-    finally:
-        store.close()
-    return counts
+    done = subprocess.run([sys.executable, "-m", "phibox.device.cli", "ingest", str(docs), "--db", str(db_path),
+                           "--embedder", str(embedder_dir), "--for-bundle", "--json"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ConfigError(f"indexing --docs {docs} failed: {done.stderr.strip()[-800:]}")
+    report = json.loads(done.stdout)
+    if not report["added"]:
+        raise ConfigError(f"--docs {docs}: no readable manuals ({len(report['failed'])} files failed)")
+    return report["counts"]

@@ -1,21 +1,23 @@
 """`phibox demo`: the whole pipeline on the tiny stand-in Phi-3 and the sample manuals, then the kiosk.
 
 tiny Phi-3 → `phibox train` (QLoRA on demo/qa.jsonl) → `phibox merge` → `phibox export` (GGUF + ONNX,
-signed with a demo key it makes, the manuals indexed into the bundle) → installed into a demo state
-directory → `phibox serve` on http://127.0.0.1:8080. A second run reuses what the first built
-(a stamp of the inputs decides) and starts in seconds.
+signed with a demo key it makes, the manuals indexed into the bundle) → `phibox bundle install` into a
+demo state directory → `phibox serve` on http://127.0.0.1:8080. Each step is the `phibox` command a
+user would type, run as its own process: the stages meet only through the files they write. A
+second run reuses what the first built (a stamp of the inputs decides) and starts in seconds.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import secrets
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-from device.errors import PhiboxError
+from phibox.device.errors import PhiboxError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo"
@@ -25,7 +27,7 @@ STEPS = 160
 
 def inputs_digest() -> str:
     """Changes when the demo data, the training recipe or the tiny model recipe change."""
-    from train.tiny_phi3 import TinySpec, recipe_key
+    from phibox.train.tiny_phi3 import TinySpec, recipe_key
 
     digest = hashlib.sha256(recipe_key(TinySpec()).encode())
     for path in sorted([*DEMO.rglob("*"), TRAIN_CONFIG]):
@@ -36,28 +38,27 @@ def inputs_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def _run(argv: list[str]) -> None:
-    from device.cli import main
+def phibox_command(argv: list[str]) -> list[str]:
+    """The command line that runs `phibox ARGV...` with this Python."""
+    return [sys.executable, "-m", "phibox.device.cli", *argv]
 
-    if main(argv) != 0:
+
+def _run(argv: list[str]) -> None:
+    if subprocess.run(phibox_command(argv)).returncode != 0:
         raise PhiboxError(f"the demo build failed at: phibox {' '.join(argv[:2])}")
 
 
 def build(out: Path) -> dict[str, str]:
     """Build (or reuse) the demo bundle and state directory under out; returns where things are."""
-    from device import admin_auth, installer
-    from device.installed import InstalledBundle
-    from device.state import StateDir
-    from device.swap import replace_db
-    from train.tiny_phi3 import ensure_tiny_phi3
+    from phibox.train.tiny_phi3 import ensure_tiny_phi3
 
     stamp = out / "stamp.json"
-    state = StateDir(out / "state")
+    state = out / "state"
     password_file = out / "admin-password.txt"
     digest = inputs_digest()
-    if stamp.is_file() and json.loads(stamp.read_text()).get("inputs") == digest and state.active_version():
+    if stamp.is_file() and json.loads(stamp.read_text()).get("inputs") == digest and (state / "current").is_symlink():
         print(f"reusing the demo built in {out} (inputs unchanged)")
-        return {"state": str(state.root), "password": password_file.read_text().strip()}
+        return {"state": str(state), "password": password_file.read_text().strip()}
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -74,35 +75,12 @@ def build(out: Path) -> dict[str, str]:
     bundle = out / "plant-demo-v1.phibox"
     _run(["export", str(out / "merged"), "--key", str(out / "keys" / "demo.key"), "--out", str(bundle),
           "--version", "1", "--docs", str(DEMO / "manuals")])
-    print("[demo 5/5] install into the demo state directory")
-    state.init()
-    shutil.copyfile(out / "keys" / "demo.pub", state.keys / "demo.pub")
-    installer.install(bundle, state)
-    replace_db(state.db, InstalledBundle.open(state.current.resolve()).root / "index" / "documents.db")
+    print("[demo 5/5] phibox bundle install into the demo state directory (its manuals index comes along)")
+    _run(["bundle", "trust", str(out / "keys" / "demo.pub"), "--state", str(state)])
+    _run(["bundle", "install", str(bundle), "--state", str(state)])
     password = secrets.token_urlsafe(12)
-    admin_auth.set_password(state.root, password)
     password_file.write_text(password + "\n")
     password_file.chmod(0o600)
+    _run(["admin", "set-password", "--state", str(state), "--password-file", str(password_file)])
     stamp.write_text(json.dumps({"inputs": digest}))
-    return {"state": str(state.root), "password": password}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path(".demo"), help="where the demo is built (default .demo)")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--build-only", action="store_true", help="build the demo, do not serve it")
-
-
-def run(args: argparse.Namespace) -> int:
-    from device import serve_cmd
-
-    info = build(args.out)
-    if args.build_only:
-        print(f"demo built in {args.out}")
-        return 0
-    print(f"\nphibox demo: http://127.0.0.1:{args.port}/   admin: http://127.0.0.1:{args.port}/admin  "
-          f"(password: {info['password']})")
-    print("The demo runs a tiny stand-in model: its words are not meaningful; the retrieved passages are.\n")
-    serve_args = argparse.Namespace(config=None, state=info["state"], bundle=None, db=None, host="127.0.0.1",
-                                    port=args.port, queue_size=None, backend=None, threads=None, demo=True)
-    return serve_cmd.run(serve_args)
+    return {"state": str(state), "password": password}

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device.embedder import EmbedderSpec, OnnxEmbedder
-from device.errors import PhiboxError
+from phibox.device.errors import PhiboxError
+from phibox.device.rag.embedder import EmbedderSpec, OnnxEmbedder
 
 DEFAULT_ID = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from device.errors import PhiboxError
-from export.llama_kit import ConverterKit
+from phibox.device.errors import PhiboxError
+from phibox.export.llama_kit import ConverterKit
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 QUANTS = ("Q4_K_M", "Q4_0", "Q8_0")

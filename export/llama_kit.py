@@ -10,7 +10,6 @@ source folder or a llama-cpp-python sdist they copied in.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -21,8 +20,8 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePosixPath
 
-from device.errors import ConfigError
-from device.paths import cache_root as default_cache_root
+from phibox.device.errors import ConfigError
+from phibox.device.paths import cache_root as default_cache_root
 
 ENV_SRC = "PHIBOX_LLAMA_CPP_SRC"
 SCRIPT = "convert_hf_to_gguf.py"
@@ -153,22 +152,3 @@ def _kit_relative(member: str) -> PurePosixPath | None:
     if any(text == p or (p.endswith("/") and text.startswith(p)) for p in KIT_PARTS):
         return rel
     return None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "action", choices=("fetch", "path"), help="fetch: set the converter up; path: print where it is"
-    )
-    parser.add_argument(
-        "--from", dest="src", type=Path, default=None,
-        help=f"a llama.cpp source folder or llama-cpp-python sdist to use instead of downloading (also ${ENV_SRC})",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.action == "fetch" and args.src is None and not os.environ.get(ENV_SRC):
-        kit = fetch_kit()
-    else:
-        kit = find_kit(args.src)
-    print(f"{kit.script} (llama-cpp-python {kit.llama_cpp_python})")
-    return 0

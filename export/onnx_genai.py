@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from device.errors import PhiboxError
+from phibox.device.errors import PhiboxError
 
 PRECISIONS = ("int4", "fp32", "fp16")
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from device.bundle import MANIFEST, SIGNATURE, Manifest, sign_manifest
+from phibox.device.bundle import MANIFEST, SIGNATURE, Manifest, sign_manifest
+from phibox.device.fsutil import fsync_dir, fsync_file
 
 
 def _info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
@@ -33,12 +34,7 @@ def write_bundle(files_root: Path, manifest: Manifest, key: Ed25519PrivateKey, o
         for entry in manifest.files:
             with open(files_root / entry.path, "rb") as fh:
                 tar.addfile(_info(entry.path, entry.size, mtime), fh)
-    with open(partial, "rb") as fh:
-        os.fsync(fh.fileno())
+    fsync_file(partial)
     os.rename(partial, out_path)
-    fd = os.open(out_path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(out_path.parent)
     return out_path

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from device.errors import PhiboxError
-from device.prompt import Passage, build_prompt, render_chat
+from phibox.device.errors import PhiboxError
+from phibox.device.prompt import Passage, build_prompt, render_chat
 
 DEFAULT_PROMPTS = (
     build_prompt("The press shows E42, what do I check?", [

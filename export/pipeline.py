@@ -18,12 +18,12 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TypeVar
 
-from device import __version__
-from device.bundle import Embedder, Manifest, file_entry
-from device.errors import ConfigError, PhiboxError
-from device.provenance import code_revision, utc_now
-from export import parity
-from export.gguf import QUANTS
+from phibox.device import __version__
+from phibox.device.bundle import Embedder, Manifest, file_entry
+from phibox.device.errors import ConfigError, PhiboxError
+from phibox.device.provenance import code_revision, utc_now
+from phibox.export import parity
+from phibox.export.gguf import QUANTS
 
 FORMATS = ("gguf", "onnx")
 STOP_TOKENS = ("<|end|>", "<|endoftext|>")

@@ -7,9 +7,9 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from device.bundle import MANIFEST, SIGNATURE, Manifest, file_entry, load_private_key
-from export.pack import write_bundle
-from export.pipeline import roles_for
+from phibox.device.bundle import MANIFEST, SIGNATURE, Manifest, file_entry, load_private_key
+from phibox.export.pack import write_bundle
+from phibox.export.pipeline import roles_for
 
 
 def resign(source_dir: Path, out: Path, key: Path, version: int, *, edit=None, min_device_version: str | None = None,

@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_phi3() -> Path:
     """Folder of the tiny Phi-3 checkpoint (HF format, with tokenizer.model)."""
-    from train.tiny_phi3 import ensure_tiny_phi3
+    from phibox.train.tiny_phi3 import ensure_tiny_phi3
 
     return ensure_tiny_phi3()
 
@@ -31,7 +31,7 @@ def hf_tokenizer(tiny_phi3: Path):
 @pytest.fixture(scope="session")
 def converter_kit():
     """llama.cpp's converter for the installed llama-cpp-python (set up by `make test`)."""
-    from export.llama_kit import find_kit
+    from phibox.export.llama_kit import find_kit
 
     return find_kit()
 
@@ -39,7 +39,7 @@ def converter_kit():
 @pytest.fixture(scope="session")
 def tiny_gguf(tiny_phi3: Path, converter_kit, tmp_path_factory) -> Path:
     """The tiny Phi-3 converted to an f16 GGUF with llama.cpp's real converter."""
-    from export.gguf import convert_to_gguf
+    from phibox.export.gguf import convert_to_gguf
 
     out = tmp_path_factory.mktemp("gguf") / "tiny-phi3-f16.gguf"
     return convert_to_gguf(converter_kit, tiny_phi3, out, model_name="phi3-tiny-test")
@@ -48,7 +48,7 @@ def tiny_gguf(tiny_phi3: Path, converter_kit, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_phi3: Path, tmp_path_factory) -> Path:
     """The tiny Phi-3 built as an onnxruntime-genai int4 CPU model folder."""
-    from export.onnx_genai import build_onnx_genai
+    from phibox.export.onnx_genai import build_onnx_genai
 
     return build_onnx_genai(tiny_phi3, tmp_path_factory.mktemp("onnx") / "tiny-phi3-int4")
 
@@ -74,7 +74,7 @@ def train_data(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def lora_run(tiny_phi3: Path, train_data, tmp_path_factory) -> Path:
     """A finished plain-LoRA run on the tiny Phi-3 that memorized the facts (about 25 s)."""
-    from device.cli import main
+    from phibox.device.cli.main import main
 
     out = tmp_path_factory.mktemp("runs") / "lora"
     config = Path(__file__).resolve().parent.parent / "train" / "configs" / "tiny-test.toml"
@@ -87,7 +87,7 @@ def lora_run(tiny_phi3: Path, train_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_merged(lora_run: Path, tmp_path_factory) -> Path:
     """The fine-tuned tiny Phi-3 merged into a full checkpoint, as export receives it."""
-    from device.cli import main
+    from phibox.device.cli.main import main
 
     out = tmp_path_factory.mktemp("merged") / "tiny-merged"
     assert main(["merge", str(lora_run), "--out", str(out)]) == 0
@@ -97,7 +97,7 @@ def tiny_merged(lora_run: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def admin_keys(tmp_path_factory) -> tuple[Path, Path]:
     """(private key, public key) made by phibox keygen."""
-    from device.bundle import generate_key
+    from phibox.device.bundle import generate_key
 
     key = tmp_path_factory.mktemp("keys") / "admin.key"
     public, _ = generate_key(key)
@@ -107,7 +107,7 @@ def admin_keys(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny_bundle_file(tiny_merged: Path, admin_keys, tmp_path_factory) -> Path:
     """plant7-v3.phibox: the fine-tuned tiny Phi-3 exported with both formats and signed."""
-    from device.cli import main
+    from phibox.device.cli.main import main
 
     out = tmp_path_factory.mktemp("bundles") / "plant7-v3.phibox"
     assert main(["export", str(tiny_merged), "--key", str(admin_keys[0]), "--out", str(out), "--version", "3"]) == 0
@@ -151,8 +151,8 @@ def v3_state(lifecycle_files, admin_keys, tmp_path: Path):
     """A device state directory trusting the admin key, with plant7 v3 installed and active."""
     import shutil
 
-    from device import installer
-    from device.state import StateDir
+    from phibox.device.lifecycle import installer
+    from phibox.device.lifecycle.state import StateDir
 
     state = StateDir(tmp_path / "state").init()
     shutil.copy(admin_keys[1], state.keys / "admin.pub")

@@ -15,17 +15,18 @@ import pytest
 from docs_kit import write_corpus
 from test_serve import get, post, start_server
 
-from device import admin_auth, installer
-from device.app import create_app
-from device.cli import main
-from device.config import EngineConfig
-from device.embedder import OnnxEmbedder
-from device.ingest import ingest
-from device.metrics import Metrics
-from device.serve_config import ServeConfig
-from device.service import DeviceService
-from device.state import StateDir
-from device.store import DocumentStore
+from phibox.device.cli.main import main
+from phibox.device.config import EngineConfig
+from phibox.device.lifecycle import installer
+from phibox.device.lifecycle.state import StateDir
+from phibox.device.rag.embedder import OnnxEmbedder
+from phibox.device.rag.ingest import ingest
+from phibox.device.rag.store import DocumentStore
+from phibox.device.service import DeviceService
+from phibox.device.web import auth as admin_auth
+from phibox.device.web.app import create_app
+from phibox.device.web.metrics import Metrics
+from phibox.device.web.settings import ServeConfig
 
 PASSWORD = "correct horse battery staple"
 
@@ -204,7 +205,7 @@ def test_repeated_bad_passwords_get_429(lifecycle_files, admin_keys, tiny_bundle
     shutil.copy(admin_keys[1], state.keys / "admin.pub")
     installer.install(lifecycle_files["v3"], state)
     admin_auth.set_password(state.root, PASSWORD)
-    service = DeviceService(state.current.resolve(), state.db, ServeConfig(), EngineConfig(), Metrics(), state=state)
+    service = DeviceService(state.current.resolve(), state.db, EngineConfig(), Metrics(), state=state)
     client = create_app(service, ServeConfig()).test_client()
     page = client.get("/admin/login").get_data(as_text=True)
     csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
@@ -232,20 +233,20 @@ def test_new_embedder_triggers_a_background_reembed_and_search_keeps_working(
 
     v4 = resign(tiny_bundle_dir, tmp_path / "plant7-v4.phibox", admin_keys[0], 4, edit=rename_embedder,
                 scratch=tmp_path)
-    service = DeviceService(state.current.resolve(), state.db, ServeConfig(), EngineConfig(), Metrics(), state=state)
+    service = DeviceService(state.current.resolve(), state.db, EngineConfig(), Metrics(), state=state)
     service.start(background=False)
     try:
-        installer.install(v4, state, health_check=service.live.activate)
-        assert service.search("press E42").hits, "keyword search must answer while vectors are rebuilt"
+        installer.install(v4, state, health_check=service.activate)
+        assert service.engine.search("press E42").hits, "keyword search must answer while vectors are rebuilt"
         deadline = time.monotonic() + 120
-        while service.live.reembedding.is_set() or not any(e["event"] == "reembedded" for e in state.recent_events()):
+        while service.reembedding.is_set() or not any(e["event"] == "reembedded" for e in state.recent_events()):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         store = DocumentStore.open(state.db, readonly=True)
         assert store.embedder() == ("minilm-retrained", 384)
         assert store.counts()["vectors"] == store.counts()["chunks"] > 0
         store.close()
-        hit = service.search("The oil pressure dropped and the press halted").hits[0]
+        hit = service.engine.search("The oil pressure dropped and the press halted").hits[0]
         assert hit.similarity is not None and hit.source == "press.md"
     finally:
         service.close()

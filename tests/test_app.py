@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from docs_kit import write_corpus
 
-from device.app import create_app
-from device.config import EngineConfig
-from device.embedder import OnnxEmbedder
-from device.errors import ConfigError
-from device.ingest import ingest
-from device.metrics import Metrics
-from device.serve_config import ServeConfig, load_serve_config
-from device.service import DeviceService
-from device.store import DocumentStore
+from phibox.device.config import EngineConfig
+from phibox.device.errors import ConfigError
+from phibox.device.rag.embedder import OnnxEmbedder
+from phibox.device.rag.ingest import ingest
+from phibox.device.rag.store import DocumentStore
+from phibox.device.service import DeviceService
+from phibox.device.web.app import create_app
+from phibox.device.web.metrics import Metrics
+from phibox.device.web.settings import ServeConfig, load_serve_config
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def broken_model_app(tiny_bundle_dir: Path, tmp_path_factory):
            progress=False)
     store.close()
     config = ServeConfig(backend="gguf")
-    service = DeviceService(bundle, folder / "docs.db", config, EngineConfig(), Metrics())
+    service = DeviceService(bundle, folder / "docs.db", EngineConfig(), Metrics(), backend="gguf")
     service.start(background=False)
     yield create_app(service, config)
     service.close()

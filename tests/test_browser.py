@@ -12,12 +12,13 @@ import pytest
 from docs_kit import write_corpus
 from test_serve import start_server
 
-from device import admin_auth, installer
-from device.config import EngineConfig
-from device.embedder import OnnxEmbedder
-from device.ingest import ingest
-from device.state import StateDir
-from device.store import DocumentStore
+from phibox.device.config import EngineConfig
+from phibox.device.lifecycle import installer
+from phibox.device.lifecycle.state import StateDir
+from phibox.device.rag.embedder import OnnxEmbedder
+from phibox.device.rag.ingest import ingest
+from phibox.device.rag.store import DocumentStore
+from phibox.device.web import auth as admin_auth
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -103,13 +104,27 @@ def ask(driver, url: str, question: str) -> None:
     driver.find_element(By.ID, "go").click()
 
 
+def metric(url: str, prefix: str) -> float:
+    """The sum of the server's Prometheus samples whose line starts with prefix."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+
+
 def test_answer_streams_and_passages_open(kiosk, browser) -> None:
     from selenium.webdriver.common.by import By
 
+    searches = metric(kiosk["url"], "phibox_retrieval_seconds_count")
+    search_calls = metric(kiosk["url"], 'phibox_requests_total{route="/api/search"')
     ask(browser, kiosk["url"], "The press shows E42, what do I check?")
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#passages li"))
     assert "E42" in browser.find_element(By.ID, "passages").text
     wait_for(lambda: browser.find_element(By.ID, "timings").text)
+    # one question, one request, one retrieval: the passages came as /api/ask's first event
+    assert metric(kiosk["url"], "phibox_retrieval_seconds_count") == searches + 1
+    assert metric(kiosk["url"], 'phibox_requests_total{route="/api/search"') == search_calls
     snapshots = [s for s in browser.execute_script("return window.__snapshots;") if s]
     assert len(set(snapshots)) >= 2, "the answer should appear in several steps, as it streams"
     assert snapshots[-1].strip() == browser.find_element(By.ID, "answer").text.strip()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from device import bundle
-from device.errors import BundleError, KeyFileError
+from phibox.device import bundle
+from phibox.device.errors import BundleError, KeyFileError
 
 
 def make_bundle(root: Path, key_path: Path, version: int = 3) -> Path:
@@ -154,13 +154,13 @@ def test_rotation_any_trusted_key_verifies(good: Path, admin_key: Path, tmp_path
 def test_keygen_writes_private_key_0600_and_never_overwrites(tmp_path: Path) -> None:
     key = tmp_path / "admin.key"
     result = subprocess.run(
-        [sys.executable, "-m", "device.cli", "keygen", "--out", str(key)], capture_output=True, text=True
+        [sys.executable, "-m", "phibox.device.cli", "keygen", "--out", str(key)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert "BEGIN PUBLIC KEY" in result.stdout and key.with_suffix(".pub").is_file()
     again = subprocess.run(
-        [sys.executable, "-m", "device.cli", "keygen", "--out", str(key)], capture_output=True, text=True
+        [sys.executable, "-m", "phibox.device.cli", "keygen", "--out", str(key)], capture_output=True, text=True
     )
     assert again.returncode == 1 and "already exists" in again.stderr
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from device.errors import ConfigError
-from export import llama_kit
+from phibox.device.errors import ConfigError
+from phibox.export import llama_kit
 
 
 def fake_sdist(path: Path, version: str, extra: dict[str, bytes] | None = None) -> Path:

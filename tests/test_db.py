@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from device import db
-from device.errors import DatabaseError
+from phibox.device.errors import DatabaseError
+from phibox.device.rag import db
 
 
 def vec(*xs: float) -> bytes:

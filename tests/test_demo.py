@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from device.cli import main
-from device.config import EngineConfig
-from device.embedder import OnnxEmbedder
-from device.evaluate import evaluate, load_eval
-from device.ingest import ingest
-from device.readers import read_document
-from device.state import StateDir
-from device.store import DocumentStore
-from train.data import load_examples
+from phibox.device.cli.main import main
+from phibox.device.config import EngineConfig
+from phibox.device.lifecycle.state import StateDir
+from phibox.device.rag.embedder import OnnxEmbedder
+from phibox.device.rag.evaluate import evaluate, load_eval
+from phibox.device.rag.ingest import ingest
+from phibox.device.rag.readers import read_document
+from phibox.device.rag.store import DocumentStore
+from phibox.train.data import load_examples
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo"

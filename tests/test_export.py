@@ -15,13 +15,13 @@ import pytest
 from docs_kit import write_corpus
 from train_data import FACTS
 
-from device.bundle import generate_key, load_trusted_keys
-from device.bundle_tar import verify_tar
-from device.cli import main
-from device.errors import BundleError
-from device.prompt import render_chat
-from device.store import DocumentStore
-from export.parity import DEFAULT_PROMPTS
+from phibox.device.bundle import generate_key, load_trusted_keys
+from phibox.device.cli.main import main
+from phibox.device.errors import BundleError
+from phibox.device.lifecycle.bundle_tar import verify_tar
+from phibox.device.prompt import render_chat
+from phibox.device.rag.store import DocumentStore
+from phibox.export.parity import DEFAULT_PROMPTS
 
 CHAT = render_chat([{"role": "user", "content": "What do I do for fault E31?"}])
 
@@ -139,7 +139,7 @@ def test_truncated_bundle_is_refused(bundle: Path, admin_keys, tmp_path: Path) -
 
 def test_gguf_only_export_and_memory_check_message(tiny_merged: Path, admin_keys, tmp_path: Path,
                                                    monkeypatch) -> None:
-    from export.pipeline import ExportError, check_onnx_memory, onnx_memory_needed
+    from phibox.export.pipeline import ExportError, check_onnx_memory, onnx_memory_needed
 
     phi3_mini = {"hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
                  "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064}
@@ -172,7 +172,7 @@ def test_existing_output_is_never_overwritten(bundle: Path, tiny_merged: Path, a
 
 def test_killed_export_leaves_no_bundle(tiny_merged: Path, admin_keys, tmp_path: Path) -> None:
     out = tmp_path / "killed-v1.phibox"
-    cmd = [sys.executable, "-m", "device.cli", "export", str(tiny_merged), "--key", str(admin_keys[0]),
+    cmd = [sys.executable, "-m", "phibox.device.cli", "export", str(tiny_merged), "--key", str(admin_keys[0]),
            "--out", str(out), "--version", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ,
                             "PYTHONUNBUFFERED": "1"})
@@ -185,7 +185,7 @@ def test_killed_export_leaves_no_bundle(tiny_merged: Path, admin_keys, tmp_path:
     proc.wait()
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".phibox")]
     assert list(tmp_path.glob(".phibox-export-*")), "the killed run's staging folder should still be there"
-    from export.pipeline import clean_stale_staging
+    from phibox.export.pipeline import clean_stale_staging
 
     clean_stale_staging(tmp_path)
     assert not list(tmp_path.glob(".phibox-export-*"))

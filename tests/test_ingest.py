@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from docs_kit import write_corpus, write_encrypted_pdf
 
-from device.chunking import chunk_sections
-from device.cli import main
-from device.config import EngineConfig
-from device.embedder import EmbedderSpec, OnnxEmbedder
-from device.ingest import ingest
-from device.readers import Section
-from device.store import DocumentStore, EmbedderMismatchError
+from phibox.device.cli.main import main
+from phibox.device.config import EngineConfig
+from phibox.device.rag.chunking import chunk_sections
+from phibox.device.rag.embedder import EmbedderSpec, OnnxEmbedder
+from phibox.device.rag.ingest import ingest
+from phibox.device.rag.readers import Section
+from phibox.device.rag.store import DocumentStore, EmbedderMismatchError
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_kill_9_during_ingest_never_leaves_a_half_document(tmp_path: Path, tiny_
                            for j in range(25))
         (corpus / f"machine-{i:02d}.md").write_text(f"# Machine {i}\n\n{body}\n")
     db_path = tmp_path / "docs.db"
-    cmd = [sys.executable, "-m", "device.cli", "ingest", str(corpus), "--db", str(db_path),
+    cmd = [sys.executable, "-m", "phibox.device.cli", "ingest", str(corpus), "--db", str(db_path),
            "--bundle", str(tiny_bundle_dir), "--no-progress"]
     for kill_after in (3, 12, 25):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from bundle_kit import member, resign, tamper
 
-from device import bundle, installer
-from device.cli import main
-from device.config import EngineConfig
-from device.health import check_bundle
-from device.state import StateDir
+from phibox.device import bundle
+from phibox.device.cli.main import main
+from phibox.device.config import EngineConfig
+from phibox.device.lifecycle import installer
+from phibox.device.lifecycle.health import check_bundle
+from phibox.device.lifecycle.state import StateDir
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_old_bundles_are_pruned(state, files) -> None:
 @pytest.mark.parametrize(("stage", "serving"), [("unpacking", 3), ("unpacked", 3), ("before_swap", 3),
                                                 ("after_swap", 4)])
 def test_kill_9_while_installing_leaves_old_or_new_never_a_mix(stage: str, serving: int, state, files) -> None:
-    cmd = [sys.executable, "-m", "device.cli", "bundle", "install", str(files["v4"]), "--state", str(state.root),
+    cmd = [sys.executable, "-m", "phibox.device.cli", "bundle", "install", str(files["v4"]), "--state", str(state.root),
            "--skip-health-check"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, installer.PAUSE_ENV: stage, "PYTHONUNBUFFERED": "1"})

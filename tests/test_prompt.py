@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from device.prompt import Passage, build_messages, build_prompt, render_chat
+from phibox.device.prompt import Passage, build_messages, build_prompt, render_chat
 
 PASSAGES = [
     Passage(source="press-manual.pdf", heading="Faults > E42", page=12,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from device.channel import CHANNEL, publish
-from device.cli import main
-from device.state import StateDir
+from phibox.device.cli.main import main
+from phibox.device.lifecycle.channel import CHANNEL, publish
+from phibox.device.lifecycle.state import StateDir
 
 
 class StaticFolder(SimpleHTTPRequestHandler):
@@ -83,7 +83,7 @@ def test_pull_resumes_an_interrupted_download_then_activates(channel_server, sta
 
 
 def test_a_channel_signed_by_another_key_is_refused(channel_server, state, tmp_path: Path, capsys) -> None:
-    from device.bundle import canonical_json, generate_key, load_private_key, sign_manifest
+    from phibox.device.bundle import canonical_json, generate_key, load_private_key, sign_manifest
 
     folder, url = channel_server
     generate_key(tmp_path / "other.key")
@@ -97,8 +97,8 @@ def test_a_channel_signed_by_another_key_is_refused(channel_server, state, tmp_p
 
 
 def test_publish_refuses_a_bundle_its_key_did_not_sign(lifecycle_files, tmp_path: Path) -> None:
-    from device.bundle import generate_key
-    from device.errors import BundleError
+    from phibox.device.bundle import generate_key
+    from phibox.device.errors import BundleError
 
     generate_key(tmp_path / "other.key")
     with pytest.raises(BundleError):

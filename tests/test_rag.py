@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from docs_kit import write_corpus
 
-from device.answer import NOT_COVERED, Engine, fit_prompt, parse_citations
-from device.backends import ContextOverflowError, LlamaCppBackend, OnnxGenaiBackend
-from device.cli import main
-from device.config import EngineConfig
-from device.embedder import OnnxEmbedder
-from device.ingest import ingest
-from device.prompt import SYSTEM_RULES
-from device.retrieve import fts_query, search
-from device.store import DocumentStore
+from phibox.device.cli.main import main
+from phibox.device.config import EngineConfig
+from phibox.device.documents import Documents
+from phibox.device.engine import NOT_COVERED, Engine, Event, Options, parse_citations
+from phibox.device.observe import NullObserver
+from phibox.device.prompt import SYSTEM_RULES
+from phibox.device.rag.budget import fit_prompt
+from phibox.device.rag.embedder import OnnxEmbedder
+from phibox.device.rag.ingest import ingest
+from phibox.device.rag.retrieve import fts_query, search
+from phibox.device.rag.store import DocumentStore
+from phibox.device.runtime.backend import Backend, ContextOverflowError
+from phibox.device.runtime.llama import LlamaCppBackend
+from phibox.device.runtime.onnx import OnnxGenaiBackend
+from phibox.device.runtime.slot import ModelSlot
+from phibox.device.runtime.worker import GenerationWorker
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +67,27 @@ def onnx(tiny_bundle_dir: Path):
     backend.close()
 
 
+@contextmanager
+def engine_for(indexed: Path, embedder: OnnxEmbedder, backend: Backend | None, cfg: EngineConfig) -> Iterator[Engine]:
+    """The engine as the server builds it (documents, slot, worker), around a module's backend."""
+    slot = ModelSlot()
+    worker = GenerationWorker(slot, 4, NullObserver())
+    if backend is not None:
+        slot.replace(backend)
+        worker.start()
+    engine = Engine(Documents(indexed), slot, worker, cfg, NullObserver(), embedder)
+    try:
+        yield engine
+    finally:
+        if worker.thread.is_alive():
+            worker.stop()
+        engine.documents.close()
+
+
+def ask(engine: Engine, question: str, **options) -> list[Event]:
+    return list(engine.ask(question, Options(**options)).events())
+
+
 @pytest.mark.parametrize(("question", "source", "where"), [
     ("The oil pressure dropped and the press halted, what should I look at?", "press.md", "E42"),
     ("How hard do I tighten the screws holding the belt line motor?", "conveyor.txt", None),
@@ -92,9 +121,9 @@ def test_search_command_prints_source_first_and_json(indexed: Path, tiny_bundle_
     assert '"source": "press.md"' in capsys.readouterr().out
 
 
-def test_unrelated_question_gets_no_passages_and_no_invented_answer(store, embedder) -> None:
-    engine = Engine(store, embedder, None, EngineConfig())  # no model: it must not be needed
-    events = list(engine.answer("Who won the football world cup in 1954?"))
+def test_unrelated_question_gets_no_passages_and_no_invented_answer(indexed, embedder) -> None:
+    with engine_for(indexed, embedder, None, EngineConfig()) as engine:  # no model: it must not be needed
+        events = ask(engine, "Who won the football world cup in 1954?")
     assert [e.kind for e in events] == ["passages", "token", "done"]
     assert events[0].data == [] and events[1].data == NOT_COVERED
     assert events[2].data.covered is False
@@ -102,10 +131,10 @@ def test_unrelated_question_gets_no_passages_and_no_invented_answer(store, embed
 
 
 @pytest.mark.parametrize("runtime", ["gguf", "onnx"])
-def test_ask_streams_stops_cleanly_and_cites(runtime: str, store, embedder, request) -> None:
+def test_ask_streams_stops_cleanly_and_cites(runtime: str, indexed, embedder, request) -> None:
     backend = request.getfixturevalue(runtime)
-    engine = Engine(store, embedder, backend, EngineConfig(max_new_tokens=40))
-    events = list(engine.answer("What do I do when the press shows E42?"))
+    with engine_for(indexed, embedder, backend, EngineConfig(max_new_tokens=40)) as engine:
+        events = ask(engine, "What do I do when the press shows E42?")
     assert events[0].kind == "passages" and events[0].data[0].source == "press.md"
     tokens = [e.data for e in events if e.kind == "token"]
     answer = events[-1].data
@@ -118,15 +147,17 @@ def test_ask_streams_stops_cleanly_and_cites(runtime: str, store, embedder, requ
 
 
 @pytest.mark.parametrize("runtime", ["gguf", "onnx"])
-def test_oversized_passages_are_trimmed_to_the_budget(runtime: str, store, embedder, request) -> None:
+def test_oversized_passages_are_trimmed_to_the_budget(runtime: str, indexed, store, embedder, request) -> None:
     backend = request.getfixturevalue(runtime)
     cfg = EngineConfig(prompt_token_budget=220, max_new_tokens=16, k=4)
     hits = search(store, embedder, "palletizer PZ-9 daily inspection guard bolts", cfg).hits
     assert any(len(h.text) > 600 for h in hits)
-    prompt, used, n_tokens = fit_prompt("palletizer PZ-9 daily inspection guard bolts", hits, backend, 220)
+    prompt, used, n_tokens = fit_prompt("palletizer PZ-9 daily inspection guard bolts", hits, backend.count_tokens,
+                                        220)
     assert n_tokens == backend.count_tokens(prompt) <= 220 and used
     assert prompt.startswith("<|system|>\n" + SYSTEM_RULES) and prompt.endswith("<|assistant|>\n")
-    events = list(Engine(store, embedder, backend, cfg).answer("palletizer PZ-9 daily inspection guard bolts"))
+    with engine_for(indexed, embedder, backend, cfg) as engine:
+        events = ask(engine, "palletizer PZ-9 daily inspection guard bolts")
     assert events[-1].data.timings.prompt_tokens <= 220
 
 
@@ -135,27 +166,28 @@ def test_prompts_that_overflow_the_context_are_refused(gguf) -> None:
         list(gguf.generate("word " * 5000, 16))
 
 
-def test_onnx_prefix_reuse_gives_the_same_answer_as_a_fresh_start(store, embedder, onnx) -> None:
-    engine = Engine(store, embedder, onnx, EngineConfig(max_new_tokens=24))
+def test_onnx_prefix_reuse_gives_the_same_answer_as_a_fresh_start(indexed, embedder, onnx) -> None:
     questions = ["What do I do when the press shows E42?", "How do I track the conveyor belt?"]
-    reused = [list(engine.answer(q))[-1].data.text for q in questions]
-    fresh = [list(engine.answer(q, reuse_prefix=False))[-1].data.text for q in questions]
+    with engine_for(indexed, embedder, onnx, EngineConfig(max_new_tokens=24)) as engine:
+        reused = [ask(engine, q)[-1].data.text for q in questions]
+        fresh = [ask(engine, q, reuse_prefix=False)[-1].data.text for q in questions]
     assert reused == fresh
 
 
-def test_gguf_keeps_the_system_prompt_evaluated_between_questions(store, embedder, gguf) -> None:
-    engine = Engine(store, embedder, gguf, EngineConfig(max_new_tokens=8))
-    list(engine.answer("What do I do when the press shows E42?"))
+def test_gguf_keeps_the_system_prompt_evaluated_between_questions(indexed, embedder, gguf) -> None:
+    with engine_for(indexed, embedder, gguf, EngineConfig(max_new_tokens=8)) as engine:
+        ask(engine, "What do I do when the press shows E42?")
     system_tokens = gguf.tokenize("<|system|>\n" + SYSTEM_RULES + "<|end|>\n")
     assert list(gguf.llm.input_ids[: len(system_tokens)]) == system_tokens  # still in the KV cache
 
 
-def test_cancel_stops_generation(store, embedder, gguf) -> None:
-    cancel = threading.Event()
-    cancel.set()
-    engine = Engine(store, embedder, gguf, EngineConfig(max_new_tokens=64))
-    events = list(engine.answer("What do I do when the press shows E42?", cancel=cancel))
-    assert [e for e in events if e.kind == "token"] == [] and events[-1].kind == "done"
+def test_cancel_stops_generation(indexed, embedder, gguf) -> None:
+    with engine_for(indexed, embedder, gguf, EngineConfig(max_new_tokens=64)) as engine:
+        answering = engine.ask("What do I do when the press shows E42?")
+        answering.cancel()
+        events = list(answering.events())
+    assert events[0].kind == "passages" and events[0].data  # the passages still come
+    assert [e for e in events if e.kind == "token"] == [] and events[-1].kind in ("error", "done")
 
 
 def test_citation_markers_are_parsed_in_order_and_bounded() -> None:

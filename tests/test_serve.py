@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from docs_kit import write_corpus
 
-from device.config import EngineConfig
-from device.embedder import OnnxEmbedder
-from device.ingest import ingest
-from device.store import DocumentStore
+from phibox.device.config import EngineConfig
+from phibox.device.rag.embedder import OnnxEmbedder
+from phibox.device.rag.ingest import ingest
+from phibox.device.rag.store import DocumentStore
 
 XSS_DOC = """# Guard door
 <script>alert("doc")</script> Close the guard door before start. <img src=x onerror="alert('doc')"> Door switch DS-7.
@@ -84,7 +84,7 @@ def docs_db(tiny_bundle_dir: Path, tmp_path_factory) -> Path:
 def start_server(args: list[str], states: tuple[str, ...] = ("ready",)) -> tuple[subprocess.Popen, int]:
     """`phibox serve ARGS` on a free port, once /healthz reports one of states."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--port", str(port), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "phibox.device.cli", "serve", "--port", str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
     while True:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_serve import free_port, get
 
-from device.sdnotify import start_notifier
+from phibox.device.lifecycle.sdnotify import start_notifier
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ("phibox.service", "phibox-pull.service", "phibox-pull.timer")
@@ -69,8 +69,9 @@ import ctypes, pathlib, sys
 libc = ctypes.CDLL(None, use_errno=True)
 if libc.prctl(65, 1, 0, 0, 0) != 0:
     sys.exit(77)
-from device.backends import LlamaCppBackend, OnnxGenaiBackend
-from device.embedder import OnnxEmbedder
+from phibox.device.runtime.llama import LlamaCppBackend
+from phibox.device.runtime.onnx import OnnxGenaiBackend
+from phibox.device.rag.embedder import OnnxEmbedder
 b = pathlib.Path({str(tiny_bundle_dir)!r})
 print(OnnxEmbedder(b / "embedder").embed(["x"]).shape)
 prompt = "<|user|>\\nWhat do I do for fault E31?<|end|>\\n<|assistant|>\\n"
@@ -126,7 +127,7 @@ def test_serve_sends_ready_only_after_the_model_is_loaded(tiny_bundle_dir: Path,
     sock = listen(tmp_path)
     port = free_port()
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
-    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "serve", "--bundle", str(tiny_bundle_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "phibox.device.cli", "serve", "--bundle", str(tiny_bundle_dir),
                              "--db", str(tmp_path / "docs.db"), "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

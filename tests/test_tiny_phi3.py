@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from train.tiny_phi3 import PHI3_ADDED_TOKENS, TinySpec, ensure_tiny_phi3, recipe_key
+from phibox.train.tiny_phi3 import PHI3_ADDED_TOKENS, TinySpec, ensure_tiny_phi3, recipe_key
 
 
 def test_added_tokens_follow_phi3s_order_after_the_pieces(hf_tokenizer) -> None:

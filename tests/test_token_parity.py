@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from device.prompt import Passage, build_prompt, render_chat
+from phibox.device.prompt import Passage, build_prompt, render_chat
 
 PROMPTS = [
     build_prompt("The press shows E42, what do I check?", [
@@ -70,14 +70,14 @@ def test_gguf_carries_phi3_name_template_and_stop_tokens(tiny_gguf: Path, hf_tok
 
 
 def test_onnx_genai_stops_on_both_phi3_stop_tokens(tiny_onnx: Path, hf_tokenizer) -> None:
-    from export.onnx_genai import eos_ids
+    from phibox.export.onnx_genai import eos_ids
 
     expected = {hf_tokenizer.convert_tokens_to_ids(t) for t in ("<|end|>", "<|endoftext|>")}
     assert set(eos_ids(tiny_onnx)) == expected
 
 
 def test_gguf_name_without_phi3_is_refused(tiny_phi3: Path, converter_kit, tmp_path: Path) -> None:
-    from export.gguf import ConversionError, convert_to_gguf
+    from phibox.export.gguf import ConversionError, convert_to_gguf
 
     with pytest.raises(ConversionError, match="must contain 'phi3'"):
         convert_to_gguf(converter_kit, tiny_phi3, tmp_path / "x.gguf", model_name="plant7-model")

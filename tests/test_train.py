@@ -14,9 +14,9 @@ import pytest
 import torch
 from train_data import FACTS, HELD_OUT_PHRASING, write_jsonl
 
-from device.cli import main
-from device.errors import ConfigError
-from train.config import TrainConfig, load_config
+from phibox.device.cli.main import main
+from phibox.device.errors import ConfigError
+from phibox.train.config import TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = ROOT / "train" / "configs" / "tiny-test.toml"
@@ -85,7 +85,7 @@ def test_merged_folder_is_complete_for_export(lora_run: Path, tmp_path: Path, hf
 
 
 def test_qlora_trains_a_4bit_base_on_cpu(tiny_phi3: Path, train_data, tmp_path: Path) -> None:
-    from train.finetune import finetune
+    from phibox.train.finetune import finetune
 
     cfg = load_config(TINY_CONFIG, method="qlora", max_steps=40, compute_dtype="float32")
     result = finetune(tiny_phi3, train_data[0], tmp_path / "q", cfg, eval_path=train_data[1], show_progress=False)
@@ -99,7 +99,7 @@ def test_qlora_trains_a_4bit_base_on_cpu(tiny_phi3: Path, train_data, tmp_path: 
 def test_4bit_base_keeps_its_gradient_after_an_eval_pass(tiny_phi3: Path) -> None:
     """bitsandbytes repacks 4-bit weights for CPU inference in eval mode and then drops the input
     gradient of every frozen layer; phibox's loader prevents that (train/model.py)."""
-    from train.model import load_base
+    from phibox.train.model import load_base
 
     model = load_base(tiny_phi3, TrainConfig(method="qlora", compute_dtype="float32", gradient_checkpointing=False))
     model.eval()
@@ -118,7 +118,7 @@ def test_4bit_base_keeps_its_gradient_after_an_eval_pass(tiny_phi3: Path) -> Non
 
 
 def test_target_list_that_matches_nothing_is_an_error(tiny_phi3: Path) -> None:
-    from train.model import attach_lora, load_base
+    from phibox.train.model import attach_lora, load_base
 
     cfg = TrainConfig(method="lora", target_modules=("q_proj", "k_proj", "v_proj"), gradient_checkpointing=False)
     with pytest.raises(ConfigError, match="Phi-3's layers are fused"):
@@ -145,7 +145,7 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_phi3: Path, train_data, tmp
     out = tmp_path / "run"
     config = tmp_path / "resume.toml"
     config.write_text(TINY_CONFIG.read_text().replace("save_every = 50", "save_every = 10"))
-    cmd = [sys.executable, "-m", "device.cli", "train", "--base", str(tiny_phi3), "--data", str(train_data[0]),
+    cmd = [sys.executable, "-m", "phibox.device.cli", "train", "--base", str(tiny_phi3), "--data", str(train_data[0]),
            "--eval-data", str(train_data[1]), "--out", str(out), "--config", str(config), "--method", "lora",
            "--max-steps", "150", "--no-progress"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -175,7 +175,7 @@ def test_same_command_runs_data_parallel_under_accelerate_launch(tiny_phi3: Path
     out = tmp_path / "ddp"
     accelerate = Path(sys.executable).parent / "accelerate"
     cmd = [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "device.cli", "train",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "phibox.device.cli", "train",
            "--base", str(tiny_phi3), "--data", str(train_data[0]), "--eval-data", str(train_data[1]), "--out", str(out),
            "--config", str(TINY_CONFIG), "--method", "lora", "--max-steps", "10", "--no-progress"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

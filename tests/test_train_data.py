@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from train_data import write_jsonl
 
-from device.errors import ConfigError
-from device.prompt import SYSTEM_RULES
-from train.config import TrainConfig, load_config
-from train.data import IGNORE_INDEX, DataError, Example, load_examples, split, tokenize_all, tokenize_example
+from phibox.device.errors import ConfigError
+from phibox.device.prompt import SYSTEM_RULES
+from phibox.train.config import TrainConfig, load_config
+from phibox.train.data import IGNORE_INDEX, DataError, Example, load_examples, split, tokenize_all, tokenize_example
 
 ROOT = Path(__file__).resolve().parent.parent
 

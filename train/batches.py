@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from train.data import IGNORE_INDEX, Tokenized
+from phibox.train.data import IGNORE_INDEX, Tokenized
 
 
 def micro_batch_indices(n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> Iterator[list[int]]:

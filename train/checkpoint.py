@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from device.state import fsync_dir
+from phibox.device.fsutil import fsync_dir
 
 PREFIX = "step-"
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device.errors import PhiboxError
-from device.prompt import ROLES, Passage, assistant_spans, build_messages, render_chat
+from phibox.device.errors import PhiboxError
+from phibox.device.prompt import ROLES, Passage, assistant_spans, build_messages, render_chat
 
 IGNORE_INDEX = -100
 

@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
-from device.errors import ConfigError
-from device.provenance import code_revision, utc_now
-from train import checkpoint
-from train.batches import collate, eval_loss, micro_batch_indices, steps_per_epoch
-from train.config import TrainConfig
-from train.data import Example, LoadedData, Tokenized, load_examples, split, tokenize_all
-from train.model import attach_lora, load_base, lora_counts, resume_lora
+from phibox.device.errors import ConfigError
+from phibox.device.provenance import code_revision, utc_now
+from phibox.train import checkpoint
+from phibox.train.batches import collate, eval_loss, micro_batch_indices, steps_per_epoch
+from phibox.train.config import TrainConfig
+from phibox.train.data import Example, LoadedData, Tokenized, load_examples, split, tokenize_all
+from phibox.train.model import attach_lora, load_base, lora_counts, resume_lora
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ def finetune(base_dir: Path, data_path: Path, run_dir: Path, cfg: TrainConfig, *
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(run_dir / "adapter")
         write_metrics(run_dir, state, result, counts)
-        from train.report import write_report
+        from phibox.train.report import write_report
 
         write_report(run_dir, unwrapped, tokenizer, prep.eval_examples, state, cfg)
     accelerator.wait_for_everyone()

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from device.errors import ConfigError
-from device.provenance import code_revision, utc_now
-from train.model import DTYPES
-from train.report import stop_ids
+from phibox.device.errors import ConfigError
+from phibox.device.provenance import code_revision, utc_now
+from phibox.train.model import DTYPES
+from phibox.train.report import stop_ids
 
 PROVENANCE = "phibox-train.json"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

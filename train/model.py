@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from device.errors import ConfigError
-from train.config import TrainConfig
+from phibox.device.errors import ConfigError
+from phibox.train.config import TrainConfig
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from device.prompt import render_chat
-from train.checkpoint import TrainState
-from train.config import TrainConfig
-from train.data import Example
+from phibox.device.prompt import render_chat
+from phibox.train.checkpoint import TrainState
+from phibox.train.config import TrainConfig
+from phibox.train.data import Example
 
 
 def plot_loss(history: Sequence[dict[str, float]], out: Path) -> Path:

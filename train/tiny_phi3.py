@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
-from device.paths import cache_root
-from device.prompt import PHI3_CHAT_TEMPLATE, SYSTEM_RULES
+from phibox.device.paths import cache_root
+from phibox.device.prompt import PHI3_CHAT_TEMPLATE, SYSTEM_RULES
 
 PHI3_ADDED_TOKENS = (
     "<|endoftext|>",

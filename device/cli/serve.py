@@ -1,0 +1,65 @@
+"""`phibox serve`: the kiosk page and API on a production WSGI server (waitress)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, help="TOML server config (see device/serve_config.py)")
+    parser.add_argument("--state", default=None, help="device state directory (default $PHIBOX_STATE_DIR or "
+                        "/var/lib/phibox): serves its active bundle, enables /admin")
+    parser.add_argument("--bundle", default=None, help="serve this unpacked bundle folder instead (no admin installs)")
+    parser.add_argument("--db", default=None, help="documents database (default: documents.db in the state dir)")
+    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="TCP port (default 8080)")
+    parser.add_argument("--queue-size", type=int, default=None, help="questions allowed to wait (default 4)")
+    parser.add_argument("--backend", choices=("gguf", "onnx"), default=None, help="model runtime")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: all)")
+    parser.add_argument("--demo", action="store_true", default=None, help="show the demo notice on the page")
+
+
+def run(args: argparse.Namespace) -> int:
+    from waitress import serve
+
+    from phibox.device import paths
+    from phibox.device.errors import ConfigError
+    from phibox.device.lifecycle.sdnotify import start_notifier
+    from phibox.device.lifecycle.state import StateDir
+    from phibox.device.service import DeviceService
+    from phibox.device.web.app import create_app
+    from phibox.device.web.metrics import Metrics
+    from phibox.device.web.settings import load_serve_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config, engine = load_serve_config(args.config, host=args.host, port=args.port, queue_size=args.queue_size,
+                                       backend=args.backend, bundle=args.bundle, db=args.db, demo=args.demo,
+                                       threads=args.threads, state=args.state)
+    state = None if config.bundle else StateDir(Path(config.state) if config.state else paths.state_dir())
+    if state is not None and state.active_version() is None:
+        raise ConfigError(f"no bundle is active in {state.root}: `phibox bundle install FILE --state {state.root}` "
+                          "first, or serve a folder with --bundle")
+    bundle = Path(config.bundle) if config.bundle else state.current.resolve()
+    db = Path(config.db) if config.db else (state.db if state else Path(config.bundle) / "documents.db")
+    metrics = Metrics()
+    service = DeviceService(bundle, db, engine, metrics, state=state, backend=config.backend,
+                            queue_size=config.queue_size)
+    service.start()
+    app = create_app(service, config)
+    stop = threading.Event()
+    start_notifier(service.ready, lambda: f"{service.state}: {service.model_id} v{service.bundle.manifest.version}",
+                   lambda: service.worker.heartbeat, stop)
+    print(f"phibox kiosk on http://{config.host}:{config.port}/  (bundle {service.bundle.manifest.name} "
+          f"v{service.bundle.manifest.version}; model loading in the background)", flush=True)
+    try:
+        # Waitress spools request bodies over 512 KB to a temporary file (never whole in memory) and
+        # answers 413 itself above max_request_body_size.
+        serve(app, host=config.host, port=config.port, threads=config.threads, channel_timeout=300,
+              ident="phibox", max_request_body_size=config.max_upload_mb << 20)
+    finally:
+        stop.set()
+        service.close()
+    return 0

@@ -1,0 +1,173 @@
+"""The one installer every bundle goes through (file, admin upload, fleet pull).
+
+1. Signature first: manifest.json and manifest.sig are the first two tar members; nothing else is
+   read before they verify against the device's trusted keys.
+2. Version rules: newer than the active bundle (no replay, no downgrade unless an explicit admin
+   rollback or --allow-downgrade); phibox itself must be new enough; enough free disk.
+3. Unpack only regular files the manifest lists (absolute paths, '..', links, devices, setuid
+   bits reject the whole bundle), hashing the bytes as they are written; never reopen a file
+   after checking it. Into bundles/<v>.partial, then renamed to bundles/<v>.
+4. Activate by swapping the `current` symlink atomically, run the health check, and on failure
+   swap back to the previous bundle and record the event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from phibox.device import __version__
+from phibox.device.bundle import (
+    MANIFEST,
+    SIGNATURE,
+    BundleError,
+    Manifest,
+    load_trusted_keys,
+    verify_signature,
+    version_tuple,
+)
+from phibox.device.errors import PhiboxError
+from phibox.device.fsutil import fsync_dir
+from phibox.device.lifecycle.bundle_tar import _read_small, listed_members
+from phibox.device.lifecycle.state import StateDir
+
+PAUSE_ENV = "PHIBOX_INSTALL_PAUSE"
+"""Fault-injection hook for the crash tests: the installer stops at that stage and waits to be killed."""
+
+
+class InstallError(PhiboxError):
+    """An install was refused or rolled back; the active bundle is untouched (or restored)."""
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    version: int
+    previous: int | None
+    manifest: Manifest
+
+
+HealthCheck = Callable[[Path], None]
+"""Raises if the bundle in that folder cannot serve (model loads, generates, retrieval answers)."""
+
+
+def _pause(stage: str) -> None:
+    if os.environ.get(PAUSE_ENV) == stage:
+        print(f"paused at {stage}", flush=True)
+        time.sleep(3600)
+
+
+def check_disk(state: StateDir, needed: int) -> None:
+    free = shutil.disk_usage(state.root).free
+    if free < needed * 1.05 + (64 << 20):
+        raise InstallError(f"not enough disk space in {state.root}: the bundle needs {needed / 1e6:.0f} MB, "
+                           f"{free / 1e6:.0f} MB are free; remove old bundles or files first")
+
+
+def check_versions(manifest: Manifest, active: int | None, allow_downgrade: bool) -> None:
+    if version_tuple(manifest.min_device_version) > version_tuple(__version__):
+        raise InstallError(f"{manifest.name} v{manifest.version} needs phibox {manifest.min_device_version} or "
+                           f"newer; this device runs {__version__}: upgrade phibox first")
+    if active is not None and manifest.version == active:
+        raise InstallError(f"version {manifest.version} is already active (a replay); nothing to do")
+    if active is not None and manifest.version < active and not allow_downgrade:
+        raise InstallError(f"version {manifest.version} is older than the active {active}: refused. To go back, "
+                           "use `phibox bundle rollback` or pass --allow-downgrade")
+
+
+def unpack(path: Path, state: StateDir, *, allow_downgrade: bool = False) -> tuple[Manifest, Path]:
+    """Verify and unpack a bundle file into bundles/<version>; returns the manifest and the folder."""
+    trusted = load_trusted_keys([state.keys])
+    check_disk(state, path.stat().st_size)
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            manifest_bytes = _read_small(tar, tar.next(), MANIFEST, path)
+            sig_bytes = _read_small(tar, tar.next(), SIGNATURE, path)
+            verify_signature(manifest_bytes, sig_bytes, trusted)
+            manifest = Manifest.from_bytes(manifest_bytes)
+            check_versions(manifest, state.active_version(), allow_downgrade)
+            state.clean_partials()
+            staging = state.bundles / f"{manifest.version}.partial-{os.getpid()}"
+            staging.mkdir()
+            _extract_listed(tar, manifest, staging, path)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise InstallError(f"{path}: the bundle is truncated or unreadable ({exc}); copy it again") from exc
+    (staging / MANIFEST).write_bytes(manifest_bytes)
+    (staging / SIGNATURE).write_bytes(sig_bytes)
+    fsync_dir(staging)
+    _pause("unpacked")
+    final = state.bundle_dir(manifest.version)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(staging, final)
+    fsync_dir(state.bundles)
+    return manifest, final
+
+
+def _extract_listed(tar: tarfile.TarFile, manifest: Manifest, staging: Path, path: Path) -> None:
+    for entry, source in listed_members(tar, manifest, path):
+        target = staging / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest, size = hashlib.sha256(), 0
+        with open(target, "xb") as out:
+            while chunk := source.read(1 << 20):
+                digest.update(chunk)  # the bytes actually written, never re-read
+                out.write(chunk)
+                size += len(chunk)
+                _pause("unpacking")
+            out.flush()
+            os.fsync(out.fileno())
+        if size != entry.size or digest.hexdigest() != entry.sha256:
+            raise BundleError(f"{entry.path}: size or sha256 differs from the manifest; the bundle is damaged")
+
+
+def install(path: Path, state: StateDir, *, health_check: HealthCheck | None = None, allow_downgrade: bool = False,
+            keep: int = 2) -> InstallResult:
+    """Verify, unpack, activate and health-check a bundle file; roll back on a failed health check."""
+    state.init()
+    previous = state.active_version()
+    try:
+        manifest, _ = unpack(path, state, allow_downgrade=allow_downgrade)
+    except PhiboxError as exc:
+        state.clean_partials()
+        state.record("install_refused", file=path.name, reason=str(exc))
+        raise
+    activate_checked(state, manifest.version, previous, health_check, reason="install")
+    state.prune(keep)
+    return InstallResult(manifest.version, previous, manifest)
+
+
+def activate_checked(state: StateDir, version: int, previous: int | None, health_check: HealthCheck | None,
+                     reason: str) -> None:
+    """Swap `current` to version, health-check it, and swap back to previous if it fails."""
+    _pause("before_swap")
+    state.activate(version)
+    _pause("after_swap")
+    state.record("activated", version=version, previous=previous, reason=reason)
+    if health_check is None:
+        return
+    try:
+        health_check(state.bundle_dir(version))
+    except Exception as exc:  # whatever breaks the new bundle, the device goes back to the old one
+        state.activate(previous)
+        if reason == "install":
+            shutil.rmtree(state.bundle_dir(version), ignore_errors=True)
+        state.record("health_check_failed", version=version, restored=previous, error=f"{type(exc).__name__}: {exc}")
+        raise InstallError(f"version {version} failed its health check ({exc}); "
+                           f"{'rolled back to version ' + str(previous) if previous else 'no bundle is active'}"
+                           ) from exc
+    state.record("healthy", version=version)
+
+
+def rollback(state: StateDir, health_check: HealthCheck | None = None) -> int:
+    """Explicit admin rollback: activate the newest installed version below the active one."""
+    active, previous = state.active_version(), state.previous_version()
+    if previous is None:
+        raise InstallError(f"no older bundle is kept in {state.bundles} to roll back to")
+    activate_checked(state, previous, active, health_check, reason="rollback")
+    return previous

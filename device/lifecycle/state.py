@@ -1,0 +1,108 @@
+"""The device's state directory (default /var/lib/phibox):
+
+    bundles/<version>/   unpacked, verified bundles (the newest few are kept for rollback)
+    current              symlink to bundles/<active version>, swapped atomically
+    keys/*.pub           trusted Ed25519 public keys (several, for rotation)
+    documents.db         the documents index
+    events.jsonl         installs, activations, failed health checks, rollbacks
+    incoming/            uploads and downloads in progress
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from phibox.device.errors import ConfigError
+from phibox.device.fsutil import fsync_dir
+from phibox.device.installed import DOCUMENTS_DB
+from phibox.device.provenance import utc_now
+
+
+class StateDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.bundles = root / "bundles"
+        self.current = root / "current"
+        self.keys = root / "keys"
+        self.db = root / DOCUMENTS_DB
+        self.events = root / "events.jsonl"
+        self.incoming = root / "incoming"
+
+    def init(self) -> StateDir:
+        for folder in (self.root, self.bundles, self.keys, self.incoming):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def bundle_dir(self, version: int) -> Path:
+        return self.bundles / str(version)
+
+    def active_version(self) -> int | None:
+        """The version `current` points at, or None before the first install."""
+        if not self.current.is_symlink():
+            return None
+        target = os.readlink(self.current)
+        try:
+            return int(Path(target).name)
+        except ValueError as exc:
+            raise ConfigError(f"{self.current} points at {target}, not a bundle version folder") from exc
+
+    def versions(self) -> list[int]:
+        """Completely installed versions, oldest first."""
+        if not self.bundles.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.bundles.iterdir() if p.name.isdigit() and p.is_dir())
+
+    def previous_version(self) -> int | None:
+        active = self.active_version()
+        older = [v for v in self.versions() if active is None or v < active]
+        return older[-1] if older else None
+
+    def activate(self, version: int | None) -> None:
+        """Point `current` at bundles/<version> atomically (new link beside it, rename over, fsync)."""
+        if version is None:
+            self.current.unlink(missing_ok=True)
+            fsync_dir(self.root)
+            return
+        if not self.bundle_dir(version).is_dir():
+            raise ConfigError(f"bundle version {version} is not installed in {self.bundles}")
+        tmp = self.root / f".current-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        os.symlink(f"bundles/{version}", tmp)
+        os.rename(tmp, self.current)
+        fsync_dir(self.root)
+
+    def prune(self, keep: int) -> list[int]:
+        """Remove old versions beyond the newest `keep`, never the active one."""
+        active = self.active_version()
+        removable = [v for v in self.versions() if v != active]
+        doomed = removable[: max(0, len(self.versions()) - keep)]
+        for version in doomed:
+            shutil.rmtree(self.bundle_dir(version), ignore_errors=True)
+        return doomed
+
+    def clean_partials(self) -> None:
+        """Remove half-unpacked bundles left by an install that was killed."""
+        if self.bundles.is_dir():
+            for p in self.bundles.iterdir():
+                if ".partial" in p.name:
+                    shutil.rmtree(p, ignore_errors=True)
+        for p in self.root.glob(".current-*"):
+            p.unlink(missing_ok=True)
+
+    def record(self, event: str, **detail: Any) -> dict[str, Any]:
+        entry = {"at": utc_now(), "event": event, **detail}
+        with open(self.events, "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return entry
+
+    def recent_events(self, n: int = 20) -> list[dict[str, Any]]:
+        if not self.events.is_file():
+            return []
+        lines = self.events.read_text().splitlines()[-n:]
+        return [json.loads(line) for line in reversed(lines) if line.strip()]

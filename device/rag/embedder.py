@@ -1,0 +1,79 @@
+"""The sentence embedder on the device: an ONNX model run by onnxruntime, tokenized by `tokenizers`.
+
+A bundle's ``embedder/`` folder holds ``model.onnx`` (exported by export/embedder.py, pooling
+included), ``tokenizer.json`` and ``embedder.json`` (id, dimension, max tokens). No torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from phibox.device.errors import ConfigError
+
+SPEC = "embedder.json"
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """What an exported embedder is: a documents index is tied to its id and dimension."""
+
+    id: str
+    dim: int
+    max_tokens: int
+    output: str = "sentence_embedding"
+    """Name of the ONNX output holding pooled sentence vectors."""
+
+    @classmethod
+    def load(cls, folder: Path) -> EmbedderSpec:
+        path = folder / SPEC
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"{path}: not a phibox embedder description ({exc})") from exc
+
+    def save(self, folder: Path) -> None:
+        (folder / SPEC).write_text(json.dumps(self.__dict__, indent=2) + "\n")
+
+
+class OnnxEmbedder:
+    """Batched, L2-normalized sentence vectors from an exported embedder folder."""
+
+    def __init__(self, folder: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.spec = EmbedderSpec.load(folder)
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=self.spec.max_tokens)
+        self.tokenizer.enable_padding()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of text in the embedder's own tokenizer (chunk sizes are measured in these)."""
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """(len(texts), dim) float32 unit vectors. Texts are batched by length (less padding)."""
+        out = np.zeros((len(texts), self.spec.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(texts), batch_size):
+            picked = order[start : start + batch_size]
+            encodings = self.tokenizer.encode_batch([texts[i] for i in picked])
+            feeds = {
+                "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            }
+            if "token_type_ids" in self.input_names:
+                feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+            (vectors,) = self.session.run([self.spec.output], feeds)
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            out[picked] = vectors / np.maximum(norms, 1e-12)
+        return out

@@ -1,0 +1,90 @@
+"""The model slot: the one holder of the loaded model, reference-counted.
+
+Every generation ``acquire``s the model and releases it when done. ``replace`` puts a new model in
+the slot at once; the old one is closed when its last user releases it, exactly once, never while
+a generation still runs on it. There is no polling and no moment at which a closed model can be
+handed out: handing out and retiring happen under one lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from phibox.device.errors import PhiboxError
+from phibox.device.runtime.backend import Backend
+
+
+class NoModelError(PhiboxError):
+    """The slot is empty: no model is loaded (still loading, failed, or being replaced)."""
+
+
+@dataclass
+class _Entry:
+    backend: Backend
+    users: int = 0
+    retired: bool = False
+    closed: bool = False
+
+
+class ModelSlot:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entry: _Entry | None = None
+
+    @property
+    def backend(self) -> Backend | None:
+        """The model in the slot now (for reading its name or context; generate through acquire)."""
+        entry = self._entry
+        return None if entry is None else entry.backend
+
+    def users(self) -> int:
+        """Generations holding the current model."""
+        with self._lock:
+            return 0 if self._entry is None else self._entry.users
+
+    @contextmanager
+    def acquire(self) -> Iterator[Backend]:
+        """The current model, held until the block ends; NoModelError if the slot is empty."""
+        with self._lock:
+            entry = self._entry
+            if entry is None:
+                raise NoModelError("no model is loaded")
+            entry.users += 1
+        try:
+            yield entry.backend
+        finally:
+            self._release(entry)
+
+    def replace(self, backend: Backend | None) -> None:
+        """Put backend in the slot (None empties it); the old model closes after its last user."""
+        with self._lock:
+            old, self._entry = self._entry, (None if backend is None else _Entry(backend))
+            close_now = old is not None and self._retire(old)
+        if close_now:
+            self._close(old)
+
+    def close(self) -> None:
+        """Empty the slot (the model closes once no generation holds it)."""
+        self.replace(None)
+
+    def _retire(self, entry: _Entry) -> bool:
+        entry.retired = True
+        if entry.users == 0 and not entry.closed:
+            entry.closed = True
+            return True
+        return False
+
+    def _release(self, entry: _Entry) -> None:
+        with self._lock:
+            entry.users -= 1
+            close_now = entry.retired and entry.users == 0 and not entry.closed
+            if close_now:
+                entry.closed = True
+        if close_now:
+            self._close(entry)
+
+    def _close(self, entry: _Entry) -> None:
+        entry.backend.close()

@@ -1,0 +1,222 @@
+"""The admin area (/admin) and the machine API for `phibox push` (/api/admin/bundles).
+
+Admins log in with the password set by `phibox admin set-password` (scrypt hash); the session
+cookie is HttpOnly and SameSite=Strict; every POST carries the session's CSRF token; repeated bad
+passwords get 429. Machines use the API token from `phibox admin new-token`. Uploads stream to
+disk under a size cap and go through the one installer, with the live swap as health check.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request, session, url_for
+
+from phibox.device.errors import PhiboxError
+from phibox.device.installed import InstalledBundle
+from phibox.device.lifecycle import installer
+from phibox.device.lifecycle.state import StateDir
+from phibox.device.rag.readers import EXTENSIONS
+from phibox.device.web import auth as admin_auth
+from phibox.device.web.context import HttpError, service, settings
+
+bp = Blueprint("admin", __name__)
+CHUNK = 1 << 20
+
+
+class UploadError(HttpError):
+    """An upload or admin action refused, with its HTTP status."""
+
+
+def state() -> StateDir:
+    svc = service()
+    if svc.state_dir is None:
+        raise UploadError("this server runs a bundle folder, not a device state directory: admin is off", 409)
+    return svc.state_dir
+
+
+@bp.errorhandler(UploadError)
+def upload_error(exc: UploadError) -> tuple[Response, int]:
+    return jsonify(error=str(exc)), exc.status
+
+
+@bp.errorhandler(PhiboxError)
+def phibox_error(exc: PhiboxError) -> tuple[Response, int]:
+    return jsonify(error=str(exc)), 409
+
+
+@bp.before_request
+def guard() -> Any:
+    """Session required for /admin (except the login page); CSRF token on every admin POST."""
+    if request.path.startswith("/api/admin/"):
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not token or not admin_auth.check_token(state().root, token):
+            return jsonify(error="missing or wrong API token: use the one from `phibox admin new-token`"), 401
+        return None
+    if request.endpoint == "admin.login":
+        session.setdefault("csrf", secrets.token_urlsafe(24))
+    elif not session.get("admin"):
+        if request.method == "GET":
+            return redirect(url_for("admin.login"))
+        return jsonify(error="log in first"), 401
+    if request.method == "POST":
+        is_form = request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data")
+        sent = request.headers.get("X-CSRF-Token") or (request.form.get("csrf", "") if is_form else "")
+        if not sent or not secrets.compare_digest(sent, session.get("csrf", "")):
+            return jsonify(error="missing or stale CSRF token: reload the page"), 400
+    return None
+
+
+@bp.route("/admin/login", methods=["GET", "POST"])
+def login() -> Any:
+    st = state()
+    if request.method == "GET":
+        return render_template("admin_login.html", csrf=session["csrf"], error="",
+                               configured=admin_auth.has_password(st.root))
+    limiter: admin_auth.LoginLimiter = current_app.config["PHIBOX_LIMITER"]
+    client = request.remote_addr or "?"
+    wait = limiter.blocked_for(client)
+    if wait:
+        return (render_template("admin_login.html", csrf=session["csrf"], configured=True,
+                                error=f"Too many failed attempts. Try again in {wait} s."), 429,
+                {"Retry-After": str(wait)})
+    if not admin_auth.check_password(st.root, request.form.get("password", "")):
+        limiter.failed(client)
+        time.sleep(0.2)
+        return render_template("admin_login.html", csrf=session["csrf"], configured=True,
+                               error="Wrong password."), 403
+    limiter.succeeded(client)
+    session.clear()
+    session.update(admin=True, csrf=secrets.token_urlsafe(24))
+    return redirect(url_for("admin.status"))
+
+
+@bp.post("/admin/logout")
+def logout() -> Any:
+    session.clear()
+    return redirect(url_for("admin.login"))
+
+
+@bp.get("/admin")
+def status() -> str:
+    svc, st = service(), state()
+    active = st.active_version()
+    bundles = []
+    for version in reversed(st.versions()):
+        m = InstalledBundle.open(st.bundle_dir(version)).manifest
+        bundles.append({"version": version, "name": m.name, "created_at": m.created_at, "formats": m.formats,
+                        "base_model": m.base_model, "parity": m.parity, "active": version == active,
+                        "train": m.provenance.get("train", {}), "export": m.provenance.get("export", {})})
+    disk = shutil.disk_usage(st.root)
+    docs = svc.documents.listing()
+    return render_template("admin.html", csrf=session["csrf"], bundles=bundles, active=active, svc=svc,
+                           disk_free_gb=round(disk.free / 1e9, 1), disk_total_gb=round(disk.total / 1e9, 1),
+                           memory_mb=_rss_mb(), uptime_s=int(time.time() - svc.started_at),
+                           events=st.recent_events(15), documents=docs, ingest=svc.ingest_status,
+                           max_upload_mb=settings().max_upload_mb)
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def receive_upload(folder: Path, suffix: str) -> Path:
+    """Stream the request body to a new file in folder; size-capped, never held in memory."""
+    cap = settings().max_upload_mb << 20
+    length = request.content_length
+    if length is None:
+        raise UploadError("send the file as the request body with a Content-Length", 411)
+    if length > cap:
+        raise UploadError(f"the upload is {length / 2**20:.0f} MB; the limit is {cap >> 20} MB (max_upload_mb)", 413)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"upload-{secrets.token_hex(8)}{suffix}"
+    received = 0
+    stream = request.environ["wsgi.input"]
+    try:
+        with open(target, "xb") as out:
+            while received < length:
+                chunk = stream.read(min(CHUNK, length - received))
+                if not chunk:
+                    break
+                out.write(chunk)
+                received += len(chunk)
+        if received < length:
+            raise UploadError(f"the upload stopped after {received} of {length} bytes (truncated); send it again", 400)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def install_upload(allow_downgrade: bool = False) -> dict[str, Any]:
+    svc, st = service(), state()
+    path = receive_upload(st.incoming, ".phibox")
+    try:
+        result = installer.install(path, st, health_check=svc.activate, allow_downgrade=allow_downgrade,
+                                   keep=settings().keep_bundles)
+    finally:
+        path.unlink(missing_ok=True)
+    return {"installed": result.version, "previous": result.previous, "name": result.manifest.name,
+            "health": "ok", "active": st.active_version()}
+
+
+@bp.post("/admin/bundles/upload")
+def upload_bundle() -> Response:
+    return jsonify(install_upload())
+
+
+@bp.post("/api/admin/bundles")
+def api_push_bundle() -> Response:
+    return jsonify(install_upload(allow_downgrade=request.args.get("allow_downgrade") == "1"))
+
+
+@bp.post("/admin/bundles/activate/<int:version>")
+def activate(version: int) -> Any:
+    st = state()
+    installer.activate_checked(st, version, st.active_version(), service().activate, reason="admin")
+    return redirect(url_for("admin.status"))
+
+
+@bp.post("/admin/bundles/rollback")
+def rollback() -> Any:
+    installer.rollback(state(), service().activate)
+    return redirect(url_for("admin.status"))
+
+
+@bp.post("/admin/documents/upload")
+def upload_document() -> Response:
+    name = os.path.basename(request.args.get("name", ""))
+    if not name or Path(name).suffix.lower() not in EXTENSIONS or name.startswith("."):
+        raise UploadError(f"send ?name=FILE with one of {', '.join(EXTENSIONS)}", 400)
+    manuals = state().root / "manuals"
+    tmp = receive_upload(state().incoming, Path(name).suffix)
+    manuals.mkdir(exist_ok=True)
+    os.replace(tmp, manuals / name)
+    threading.Thread(target=service().reindex, args=(manuals,), daemon=True).start()
+    return jsonify(saved=name, reindexing=True)
+
+
+@bp.post("/admin/documents/delete")
+def delete_document() -> Any:
+    service().delete_document(request.form.get("path", ""))
+    return redirect(url_for("admin.status"))
+
+
+@bp.post("/admin/documents/reindex")
+def reindex() -> Response:
+    threading.Thread(target=service().reindex, args=(state().root / "manuals",), daemon=True).start()
+    return jsonify(reindexing=True)
+
+
+@bp.get("/admin/documents/progress")
+def progress() -> Response:
+    return jsonify(service().ingest_status)

@@ -1,0 +1,88 @@
+"""The kiosk's Flask app: ``create_app(service, config)`` builds everything; nothing at import time.
+
+Routes live in kiosk.py (page and /api), openai_api.py (/v1), admin.py (/admin) and here
+(/healthz, /metrics).
+Every response carries a strict Content-Security-Policy: the page loads nothing from elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+
+from phibox.device.service import DeviceService
+from phibox.device.web import admin, auth, kiosk, openai_api
+from phibox.device.web.metrics import Metrics
+from phibox.device.web.settings import ServeConfig
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+access_log = logging.getLogger("phibox.access")
+
+
+def create_app(service: DeviceService, config: ServeConfig) -> Flask:
+    """The Flask app serving service, whose observer must be this room's Prometheus ``Metrics``."""
+    metrics = service.observer
+    if not isinstance(metrics, Metrics):
+        raise TypeError("create_app needs a DeviceService built with phibox.device.web.metrics.Metrics as observer")
+    app = Flask(__name__)
+    app.config.update(
+        PHIBOX_SERVICE=service, PHIBOX_SERVE=config, PHIBOX_LIMITER=auth.LoginLimiter(),
+        SECRET_KEY=auth.session_secret(service.state_dir.root) if service.state_dir else secrets.token_bytes(32),
+        SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_SECURE=config.secure_cookies,
+        SESSION_COOKIE_NAME="phibox_admin", MAX_CONTENT_LENGTH=1 << 20,
+    )  # uploads (admin) stream wsgi.input themselves under their own cap; JSON and forms stay small
+    app.register_blueprint(kiosk.bp)
+    app.register_blueprint(openai_api.bp)
+    app.register_blueprint(admin.bp)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        body = {"status": service.state, "model": service.model_id, "bundle_version": service.bundle.manifest.version,
+                "queue": service.worker.depth(), "generating": service.worker.busy.is_set(),
+                "uptime_s": round(time.time() - service.started_at, 1)}
+        if service.error:
+            body["error"] = service.error
+        return jsonify(body)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(), mimetype="text/plain; version=0.0.4")
+
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        entry: dict[str, Any] = {"method": request.method, "path": request.path, "status": response.status_code,
+                                 "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 1)}
+        if config.log_questions and g.get("question"):
+            entry["question"] = g.question
+        access_log.info(json.dumps(entry))
+        return response
+
+    @app.errorhandler(413)
+    def too_large(_: Exception) -> tuple[Response, int]:
+        return jsonify(error="the request body is too large"), 413
+
+    @app.errorhandler(404)
+    def not_found(_: Exception) -> tuple[Response, int]:
+        return jsonify(error=f"no such page: {request.path}"), 404
+
+    @app.errorhandler(405)
+    def wrong_method(_: Exception) -> tuple[Response, int]:
+        return jsonify(error=f"{request.method} is not allowed on {request.path}"), 405
+
+
+    return app

@@ -1,0 +1,26 @@
+"""What a request sees of the running device: typed accessors for what ``create_app`` put in the
+app's config, and the error that carries its HTTP status."""
+
+from __future__ import annotations
+
+from flask import current_app
+
+from phibox.device.errors import PhiboxError
+from phibox.device.service import DeviceService
+from phibox.device.web.settings import ServeConfig
+
+
+class HttpError(PhiboxError):
+    """A refusal with the HTTP status the edge answers with."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def service() -> DeviceService:
+    return current_app.config["PHIBOX_SERVICE"]
+
+
+def settings() -> ServeConfig:
+    return current_app.config["PHIBOX_SERVE"]

@@ -1,0 +1,90 @@
+"""The kiosk page and its API: /, /api/search, /api/ask (Server-Sent Events through the engine).
+
+/api/ask sends the passages as its first event, so the page asks once and retrieval runs once per
+question. When the model cannot answer now (loading, failed, queue full) the 503 reply carries the
+passages found, so the technician still reads them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, render_template, request, stream_with_context
+
+from phibox.device.engine import Engine, Unavailable
+from phibox.device.errors import PhiboxError
+from phibox.device.rag.budget import QuestionTooLongError
+from phibox.device.web.context import HttpError, service, settings
+from phibox.device.web.sse import HEADERS, kiosk_stream, passages_json
+
+bp = Blueprint("kiosk", __name__)
+
+
+class BadQuestion(HttpError):
+    """A question refused (empty, too long), with its HTTP status."""
+
+
+def engine() -> Engine:
+    return service().engine
+
+
+def check_question(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise BadQuestion("the question is empty: type what you want to know", 400)
+    question = raw.strip()
+    limit = settings().max_question_chars
+    if len(question) > limit:
+        raise BadQuestion(f"the question has {len(question)} characters; the limit is {limit}", 413)
+    g.question = question
+    return question
+
+
+@bp.errorhandler(BadQuestion)
+def bad_question(exc: BadQuestion) -> tuple[Response, int]:
+    return jsonify(error=str(exc)), exc.status
+
+
+def unavailable(exc: Unavailable) -> tuple[Response, int, dict[str, str]]:
+    retry = str(settings().retry_after_s)
+    return (jsonify(error=str(exc), reason=exc.reason, retry_after=int(retry), passages=passages_json(exc.passages),
+                    retrieval_ms=round(exc.retrieval_ms, 2)), 503, {"Retry-After": retry})
+
+
+@bp.get("/")
+def page() -> str:
+    q = request.args.get("q", "").strip()
+    passages, error = [], ""
+    if q:  # works without JavaScript: a plain form GET shows the passages
+        try:
+            passages = passages_json(engine().search(check_question(q)).hits)
+        except PhiboxError as exc:
+            error = str(exc)
+    return render_template("kiosk.html", q=q, passages=passages, error=error, demo=settings().demo,
+                           max_chars=settings().max_question_chars, model=service().model_id)
+
+
+@bp.get("/api/search")
+def api_search() -> Response | tuple[Response, int, dict[str, str]]:
+    question = check_question(request.args.get("q"))
+    k = request.args.get("k", type=int)
+    try:
+        result = engine().search(question, k)
+    except Unavailable as exc:
+        return unavailable(exc)
+    return jsonify(passages=passages_json(result.hits), retrieval_ms=round(result.retrieval_ms, 2),
+                   model_state=service().state)
+
+
+@bp.post("/api/ask")
+def api_ask() -> Response | tuple[Response, int] | tuple[Response, int, dict[str, str]]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return jsonify(error='send JSON like {"question": "..."}'), 400
+    question = check_question(body.get("question"))
+    try:
+        answering = engine().ask(question)
+    except Unavailable as exc:
+        return unavailable(exc)
+    except QuestionTooLongError as exc:
+        raise BadQuestion(str(exc), 413) from exc
+    return Response(stream_with_context(kiosk_stream(answering)), mimetype="text/event-stream", headers=HEADERS)

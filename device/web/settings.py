@@ -1,0 +1,113 @@
+"""ServeConfig: how `phibox serve` runs. One object, filled from defaults → TOML file → environment
+(PHIBOX_<FIELD>, e.g. PHIBOX_PORT=8081) → command-line flags, checked when built.
+
+A TOML file may also hold an ``[engine]`` table with EngineConfig fields (device/config.py).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from phibox.device.config import EngineConfig
+from phibox.device.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The kiosk server's settings."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on; 0.0.0.0 to serve the plant network (the kiosk itself uses 127.0.0.1)."""
+    port: int = 8080
+    queue_size: int = 4
+    """Questions waiting for the single generation worker; beyond it the API answers 503 + Retry-After."""
+    http_threads: int = 0
+    """WSGI worker threads; 0 means queue_size + 6 (streams waiting in the queue hold a thread each)."""
+    max_question_chars: int = 1000
+    """Longer questions get HTTP 413."""
+    retry_after_s: int = 10
+    """Retry-After seconds sent with 503 answers."""
+    log_questions: bool = False
+    """Put question text in the request log (off: logs carry no technician input)."""
+    backend: str = ""
+    """gguf or onnx; empty means gguf when the bundle has it, else onnx."""
+    state: str = ""
+    """Device state directory; empty means $PHIBOX_STATE_DIR or /var/lib/phibox (used unless bundle is set)."""
+    bundle: str = ""
+    """Unpacked bundle folder to serve instead of a state directory (no admin installs then)."""
+    db: str = ""
+    """Documents database; empty means documents.db in the state directory."""
+    demo: bool = False
+    """Show the demo notice on the kiosk page (tiny model: its words are not meaningful)."""
+    max_upload_mb: int = 8192
+    """Largest bundle or document upload; bigger ones get HTTP 413 before anything is stored."""
+    secure_cookies: bool = False
+    """Mark the admin session cookie Secure (set when the admin area is served over HTTPS)."""
+    keep_bundles: int = 2
+    """Installed bundles kept for rollback."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port {self.port} is not a TCP port")
+        if self.queue_size < 1:
+            raise ConfigError("queue_size must be at least 1")
+        if self.max_question_chars < 10:
+            raise ConfigError("max_question_chars must be at least 10")
+        if self.backend not in ("", "gguf", "onnx"):
+            raise ConfigError(f"backend must be gguf or onnx, not {self.backend!r}")
+
+    @property
+    def threads(self) -> int:
+        return self.http_threads or self.queue_size + 6
+
+
+def _coerce(name: str, kind: Any, raw: str) -> Any:
+    try:
+        if kind in (bool, "bool"):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"PHIBOX_{name.upper()}={raw!r} is not a valid {kind}") from exc
+
+
+def load_serve_config(path: Path | None = None, env: dict[str, str] | None = None,
+                      **flags: Any) -> tuple[ServeConfig, EngineConfig]:
+    """Defaults → file → environment → flags (None flags are ignored)."""
+    env = dict(os.environ) if env is None else env
+    serve_values: dict[str, Any] = {}
+    engine_values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the server config ({exc})") from exc
+        engine_values = dict(data.pop("engine", {}))
+        serve_values.update(data)
+    known = {f.name: f.type for f in fields(ServeConfig)}
+    unknown = sorted(set(serve_values) - set(known))
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+    for name, kind in known.items():
+        raw = env.get(f"PHIBOX_{name.upper()}")
+        if raw is not None:
+            serve_values[name] = _coerce(name, kind, raw)
+    serve_values.update({k: v for k, v in flags.items() if v is not None and k in known})
+    engine_flags = {k: v for k, v in flags.items() if v is not None and k not in known}
+    try:
+        serve = ServeConfig(**serve_values)
+    except TypeError as exc:
+        raise ConfigError(f"server config: {exc}") from exc
+    engine = EngineConfig().with_overrides(**engine_values, **engine_flags)
+    return serve, engine

@@ -1,0 +1,194 @@
+// phibox kiosk: passages first (milliseconds), then the answer streamed over Server-Sent Events.
+// Every piece of model or manual text is inserted with textContent / text nodes, never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { passages: [], controller: null, question: "" };
+
+function el(tag, text, cls) {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = text;
+  if (cls) node.className = cls;
+  return node;
+}
+
+function where(p) {
+  // The heading path usually starts with the document title: show it once.
+  const place = p.heading ? (p.heading.startsWith(p.title) ? p.heading : p.title + " — " + p.heading) : p.title;
+  return place + (p.page ? ", page " + p.page : "") + "  (" + p.source + ")";
+}
+
+const STOPWORDS = new Set(("the and for with what when where which how does did can could should would "
+  + "this that these those from into have has had not are was were you your what's do i a an of to in on is it")
+  .split(" "));
+
+function highlighted(text, question) {
+  // The passage text with the question's words marked: built from text nodes and <mark> elements.
+  const words = (question.toLowerCase().match(/[\p{L}\p{N}][\p{L}\p{N}\-]{1,}/gu) || [])
+    .filter((w) => !STOPWORDS.has(w));
+  const frag = document.createDocumentFragment();
+  if (!words.length) { frag.append(text); return frag; }
+  const escaped = words.map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+  const re = new RegExp("(?<![\\p{L}\\p{N}])(" + escaped.join("|") + ")(?![\\p{L}\\p{N}])", "giu");
+  let last = 0;
+  for (const m of text.matchAll(re)) {
+    frag.append(text.slice(last, m.index), el("mark", m[0]));
+    last = m.index + m[0].length;
+  }
+  frag.append(text.slice(last));
+  return frag;
+}
+
+function openPassage(n) {
+  const p = state.passages[n - 1];
+  if (!p) return;
+  $("p-title").textContent = "[" + n + "] " + p.title;
+  $("p-where").textContent = where(p);
+  $("p-text").replaceChildren(highlighted(p.text, state.question));
+  $("passage").showModal();
+}
+
+function showPassages(passages, fallbackLabel) {
+  state.passages = passages;
+  const list = $("passages");
+  list.replaceChildren();
+  passages.forEach((p, i) => {
+    const item = el("li");
+    const head = el("button", "[" + (i + 1) + "] " + where(p), "cite");
+    head.addEventListener("click", () => openPassage(i + 1));
+    item.append(head, el("div", p.text, "text"));
+    list.append(item);
+  });
+  const title = $("passages-title");
+  title.textContent = passages.length ? (fallbackLabel || "Passages from the manuals") : "";
+  title.classList.toggle("fallback", Boolean(fallbackLabel));
+}
+
+function renderAnswer(text) {
+  // Text with [n] citations turned into buttons that open passage n.
+  const box = $("answer");
+  box.replaceChildren();
+  let last = 0;
+  for (const m of text.matchAll(/\[(\d+)\]/g)) {
+    box.append(text.slice(last, m.index));
+    const n = Number(m[1]);
+    if (n >= 1 && n <= state.passages.length) {
+      const b = el("button", String(n), "cite");
+      b.type = "button";
+      b.title = "Open passage " + n;
+      b.addEventListener("click", () => openPassage(n));
+      box.append(b);
+    } else {
+      box.append(m[0]);
+    }
+    last = m.index + m[0].length;
+  }
+  box.append(text.slice(last));
+}
+
+function remember(question) {
+  const history = JSON.parse(sessionStorage.getItem("phibox-history") || "[]").filter((q) => q !== question);
+  history.unshift(question);
+  sessionStorage.setItem("phibox-history", JSON.stringify(history.slice(0, 6)));
+  drawHistory();
+}
+
+function drawHistory() {
+  const list = $("history");
+  list.replaceChildren();
+  for (const q of JSON.parse(sessionStorage.getItem("phibox-history") || "[]")) {
+    const item = el("li", q);
+    item.addEventListener("click", () => { $("q").value = q; ask(q); });
+    list.append(item);
+  }
+}
+
+async function readEvents(response, onEvent) {
+  // Minimal SSE reader over fetch (EventSource cannot POST).
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let event = "message", data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) event = line.slice(7);
+        else if (line.startsWith("data: ")) data += line.slice(6);
+      }
+      if (data) onEvent(event, JSON.parse(data));
+    }
+  }
+}
+
+function setBusy(busy) {
+  $("go").disabled = busy;
+  $("stop").hidden = !busy;
+}
+
+async function ask(question) {
+  question = question.trim();
+  if (!question) return;
+  if (state.controller) state.controller.abort();
+  const controller = new AbortController();
+  state.controller = controller;
+  state.question = question;
+  $("error").textContent = "";
+  $("answer-box").hidden = true;
+  $("timings").textContent = "";
+  remember(question);
+  setBusy(true);
+  try {
+    // One request per question: /api/ask sends the passages first, then the answer as it streams.
+    const response = await fetch("/api/ask", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ question }), signal: controller.signal,
+    });
+    if (!response.ok) {
+      const err = await response.json().catch(() => ({}));
+      if (err.passages) {  // busy or loading: the 503 still carries the passages found
+        showPassages(err.passages, response.status === 503
+          ? "Best passages from the manuals (the answer engine is busy or loading; retry in "
+            + (response.headers.get("Retry-After") || "a few") + " s)"
+          : undefined);
+      }
+      $("error").textContent = err.error || "The answer could not be produced.";
+      return;
+    }
+    let text = "";
+    $("answer-box").hidden = false;
+    renderAnswer("");
+    await readEvents(response, (event, data) => {
+      if (event === "passages") showPassages(data.passages);
+      else if (event === "token") { text += data.text; renderAnswer(text); }
+      else if (event === "error") $("error").textContent = data.error;
+      else if (event === "done") {
+        renderAnswer(data.text);
+        const t = data.timings || {};
+        if (t.first_token_ms != null) {
+          $("timings").textContent = "first words after " + (t.first_token_ms / 1000).toFixed(1) + " s · "
+            + (t.tokens_per_s || 0).toFixed(1) + " tokens/s · passages in " + Math.round(t.retrieval_ms) + " ms";
+        }
+      }
+    });
+  } catch (err) {
+    if (err.name !== "AbortError") $("error").textContent = "Connection lost: " + err.message;
+  } finally {
+    if (state.controller === controller) { state.controller = null; setBusy(false); }
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("ask").addEventListener("submit", (e) => { e.preventDefault(); ask($("q").value); });
+  $("stop").addEventListener("click", () => { if (state.controller) state.controller.abort(); });
+  $("p-close").addEventListener("click", () => $("passage").close());
+  drawHistory();
+  fetch("/healthz").then((r) => r.json()).then((h) => {
+    $("status").textContent = h.model + " · " + h.status;
+  }).catch(() => {});
+});

@@ -1,0 +1,101 @@
+"""`phibox bench` (make bench): phibox's paths measured side by side with the raw libraries.
+
+By default it measures the demo bundle (tiny model: speed ratios are meaningful, absolute speeds
+are not); --phi3-mini-shape measures a random-weight model of Phi-3-mini's exact shape (built once
+and cached, about 20 minutes). The table is printed and written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from phibox.device.config import EngineConfig
+from phibox.export import bench
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("bench-results.json"), help="where to write the JSON")
+    parser.add_argument("--demo-dir", type=Path, default=Path(".demo"), help="demo build to measure (made if absent)")
+    parser.add_argument("--tokens", type=int, default=256, help="tokens per decode measurement")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--sizes", default="10000,100000", help="retrieval sizes in chunks")
+    parser.add_argument("--phi3-mini-shape", action="store_true",
+                        help="measure the model rows on a random-weight model of Phi-3-mini's exact shape")
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def row(self, name: str, phibox: float, reference: float, unit: str, note: str = "") -> None:
+        self.rows.append({"measure": name, "phibox": round(phibox, 3), "reference": round(reference, 3), "unit": unit,
+                          "ratio": round(phibox / reference, 3) if reference else None, "note": note})
+        print(f"  {name}: phibox {phibox:.3f} vs {reference:.3f} {unit}", flush=True)
+
+    def print(self) -> None:
+        print(f"\n{'measure':<66} {'phibox':>10} {'reference':>10} {'ratio':>7}  unit / note")
+        for r in self.rows:
+            print(f"{r['measure']:<66} {r['phibox']:>10.2f} {r['reference']:>10.2f} {r['ratio'] or 0:>7.2f}  "
+                  f"{r['unit']} {r['note']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from phibox.export.bench_model import real_size_bundle
+    from phibox.export.demo import DEMO, build
+    from phibox.export.embedder import default_embedder_dir
+
+    info = build(args.demo_dir)
+    state = Path(info["state"])
+    bundle = (state / "current").resolve()
+    where = ["--state", str(state)]
+    model_label = "demo tiny Phi-3 (speed ratios meaningful, absolute speeds not)"
+    if args.phi3_mini_shape:
+        bundle = real_size_bundle(bundle)
+        where = ["--bundle", str(bundle), "--db", str(state / "documents.db")]
+        model_label = "random weights of Phi-3-mini's shape (3.8 B); ONNX rows: 16 of its 32 layers"
+    gguf = next((bundle / "model").glob("*.gguf"))
+    name = json.loads((bundle / "manifest.json").read_text())["name"]
+    table = Table()
+    print("decode through the HTTP API vs the raw runtimes ...", flush=True)
+    for backend in ("gguf", "onnx"):
+        proc, port = bench.start_server(where, backend, args.threads)
+        try:
+            api = statistics.median(bench.api_decode(port, f"phibox-{name}-norag", args.tokens) for _ in range(3))
+            rss = bench.peak_rss_mb(proc.pid)
+        finally:
+            bench.stop_server(proc)
+        if backend == "gguf":
+            raw = [bench.raw_llama_decode(gguf, args.tokens, args.threads, EngineConfig().context_window)
+                   for _ in range(3)]
+            table.row("decode tokens/s, gguf: HTTP API vs plain llama_cpp.Llama loop", api, statistics.median(raw),
+                      "tokens/s")
+            table.row("device server peak RSS vs GGUF file size", rss, gguf.stat().st_size / 2**20, "MB",
+                      "whole server: model, embedder, Flask, waitress")
+        else:
+            raw = [bench.raw_genai_decode(bundle / "onnx", args.tokens, args.threads) for _ in range(3)]
+            table.row("decode tokens/s, onnx: HTTP API vs raw onnxruntime-genai", api, statistics.median(raw),
+                      "tokens/s")
+    print("time to first token of a RAG question (client side) ...", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        cold, warm = bench.ttft(where, f"phibox-{name}", args.threads, 2 if args.phi3_mini_shape else 5, Path(scratch))
+    table.row("time to first token, reused system-prompt prefix vs none", warm, cold, "ms", "client side, RAG")
+    for n in (int(s) for s in args.sizes.split(",")):
+        print(f"retrieval over {n} chunks ...", flush=True)
+        r = bench.retrieval(n)
+        table.row(f"retrieval p50, {n} chunks: sqlite-vec vs exact numpy", r["vec_p50_ms"], r["numpy_p50_ms"], "ms",
+                  f"recall@10 {r['recall_at_10']:.3f}")
+        table.row(f"retrieval p95, {n} chunks: sqlite-vec vs exact numpy", r["vec_p95_ms"], r["numpy_p95_ms"], "ms")
+    print("ingestion embedding speed ...", flush=True)
+    e = bench.ingestion(bundle / "embedder", default_embedder_dir(), DEMO / "manuals", args.threads)
+    table.row("ingestion chunks/s: ONNX embedder vs sentence-transformers (torch)", e["onnx_chunks_s"],
+              e["torch_chunks_s"], "chunks/s", f"min cosine {e['min_cosine']:.6f}")
+    args.out.write_text(json.dumps({"model": model_label, "threads": args.threads, "rows": table.rows}, indent=2))
+    table.print()
+    print(f"\nwritten to {args.out}")
+    return 0

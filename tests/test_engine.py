@@ -1,0 +1,167 @@
+"""The one answer engine, the model slot and the one owner of documents.db, with real parts:
+the tiny GGUF in llama.cpp, the real MiniLM embedder, a real SQLite file with sqlite-vec."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import pytest
+from docs_kit import write_corpus
+
+from phibox.device.config import EngineConfig
+from phibox.device.documents import Documents, DocumentsBusyError
+from phibox.device.engine import Engine, Options, Timings
+from phibox.device.observe import NullObserver
+from phibox.device.rag.embedder import OnnxEmbedder
+from phibox.device.runtime.llama import LlamaCppBackend
+from phibox.device.runtime.slot import ModelSlot, NoModelError
+from phibox.device.runtime.worker import GenerationWorker
+from phibox.device.service import DeviceService
+from phibox.device.web.app import create_app
+from phibox.device.web.metrics import Metrics
+from phibox.device.web.settings import ServeConfig
+
+QUESTION = "What do I do when the press shows E42?"
+
+
+class CountingLlama(LlamaCppBackend):
+    """The real llama.cpp backend, recording when it is closed and whether it generated after that."""
+
+    def __init__(self, gguf: Path) -> None:
+        super().__init__(gguf, 4096, 2)
+        self.closes: list[float] = []
+        self.generations = 0
+
+    def generate(self, *args, **kwargs):
+        assert not self.closes, "a closed model was handed out"
+        self.generations += 1
+        yield from super().generate(*args, **kwargs)
+
+    def close(self) -> None:
+        self.closes.append(time.monotonic())
+        super().close()
+
+
+@pytest.fixture(scope="module")
+def indexed(tiny_bundle_dir: Path, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("engine")
+    documents = Documents(folder / "documents.db")
+    documents.ingest([write_corpus(folder / "manuals")], OnnxEmbedder(tiny_bundle_dir / "embedder"), EngineConfig())
+    documents.close()
+    return folder / "documents.db"
+
+
+def test_a_replaced_model_finishes_the_answer_holding_it_and_closes_once_after(indexed: Path,
+                                                                                tiny_bundle_dir: Path) -> None:
+    gguf = tiny_bundle_dir / "model" / "phi3-q4_k_m.gguf"
+    old, new = CountingLlama(gguf), CountingLlama(gguf)
+    slot = ModelSlot()
+    slot.replace(old)
+    worker = GenerationWorker(slot, 4, NullObserver())
+    worker.start()
+    engine = Engine(Documents(indexed), slot, worker, EngineConfig(), NullObserver(),
+                    OnnxEmbedder(tiny_bundle_dir / "embedder"))
+    try:
+        events = engine.ask(QUESTION, Options(max_new_tokens=300, min_new_tokens=300)).events()
+        first = next(e for e in events if e.kind == "token")  # the old model is generating now
+        assert first.data and slot.users() == 1
+        slot.replace(new)  # a new bundle arrives mid-answer
+        assert old.closes == [], "the old model was closed under a running generation"
+        assert slot.backend is new
+        rest = list(events)
+        finished = time.monotonic()
+        done = rest[-1].data
+        assert rest[-1].kind == "done" and done.finish_reason == "length"
+        assert done.timings.generated_tokens >= 250, "the answer was cut short by the switch"
+        deadline = finished + 10
+        while not old.closes and time.monotonic() < deadline:
+            threading.Event().wait(0.05)
+        assert len(old.closes) == 1 and old.closes[0] >= finished - 1.0
+        second = list(engine.ask(QUESTION, Options(max_new_tokens=8)).events())
+        assert second[-1].kind == "done" and new.generations == 1 and old.generations == 1
+        slot.close()
+        slot.close()  # closing an empty slot again closes nothing twice
+        assert len(old.closes) == 1 and len(new.closes) == 1
+        with pytest.raises(NoModelError), slot.acquire():
+            pass
+    finally:
+        worker.stop()
+        engine.documents.close()
+
+
+def test_phibox_ask_and_the_server_answer_through_the_same_engine(indexed: Path, tiny_bundle_dir: Path) -> None:
+    timing_fields = {f.name for f in fields(Timings)}
+    cli = subprocess.run([sys.executable, "-m", "phibox.device.cli", "ask", QUESTION, "--db", str(indexed),
+                          "--bundle", str(tiny_bundle_dir), "--max-tokens", "8", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    answer = json.loads(cli.stdout)
+    assert set(answer["timings"]) == timing_fields and answer["covered"] is True
+    assert answer["timings"]["retrieval_ms"] > 0 and answer["timings"]["queue_wait_ms"] is not None
+
+    service = DeviceService(tiny_bundle_dir, indexed, EngineConfig(max_new_tokens=8), Metrics())
+    service.start(background=False)
+    try:
+        client = create_app(service, ServeConfig()).test_client()
+        stream = client.post("/api/ask", json={"question": QUESTION}).get_data(as_text=True)
+    finally:
+        service.close()
+    done = json.loads(stream.split("event: done\ndata: ")[1].split("\n")[0])
+    assert set(done["timings"]) == timing_fields
+    assert set(done["timings"]) == set(asdict(Timings()))
+    assert stream.index("event: passages") < stream.index("event: token") < stream.index("event: done")
+
+
+def test_searches_keep_one_connection_per_thread_and_follow_a_replaced_file(indexed: Path, tmp_path: Path,
+                                                                           tiny_bundle_dir: Path) -> None:
+    db = tmp_path / "documents.db"
+    documents = Documents(db)
+    embedder = OnnxEmbedder(tiny_bundle_dir / "embedder")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "only.md").write_text("# Only\n\nThe only manual here talks about the boiler B-1.\n")
+    documents.ingest([tmp_path / "one"], embedder, EngineConfig())
+    try:
+        first = documents.reader()
+        assert documents.reader() is first  # same thread: the same connection, sqlite-vec loaded once
+        other: list[object] = []
+        thread = threading.Thread(target=lambda: other.append(documents.reader()))
+        thread.start()
+        thread.join()
+        assert other[0] is not first  # another thread: its own connection
+        assert documents.counts()["documents"] == 1
+        documents.adopt(indexed)  # a bundle's prebuilt index replaces the file whole
+        assert documents.reader() is not first
+        assert documents.counts()["documents"] > 1
+        assert {d["source"] for d in documents.listing()} >= {"press.md"}
+    finally:
+        documents.close()
+
+
+def test_one_writer_at_a_time_across_processes(tmp_path: Path, tiny_bundle_dir: Path) -> None:
+    db = tmp_path / "documents.db"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from phibox.device.documents import Documents\n"
+        f"with Documents(Path({str(db)!r})).writer_lock():\n"
+        "    print('holding', flush=True)\n"
+        "    time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        documents = Documents(db)
+        with pytest.raises(DocumentsBusyError, match="another task"):
+            documents.ingest([write_corpus(tmp_path / "manuals")], OnnxEmbedder(tiny_bundle_dir / "embedder"),
+                             EngineConfig(), wait=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    report = documents.ingest([tmp_path / "manuals"], OnnxEmbedder(tiny_bundle_dir / "embedder"), EngineConfig(),
+                              wait=False)  # the other process is gone: the lock went with it
+    assert report.added and documents.counts()["chunks"] > 0
+    documents.close()
