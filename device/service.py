@@ -19,6 +19,7 @@ from phibox.device.documents import Documents
 from phibox.device.engine import Engine
 from phibox.device.errors import PhiboxError
 from phibox.device.installed import InstalledBundle
+from phibox.device.lifecycle import installer
 from phibox.device.lifecycle.activation import index_action, prebuilt_index
 from phibox.device.lifecycle.health import load_checked
 from phibox.device.lifecycle.state import StateDir
@@ -33,11 +34,13 @@ log = logging.getLogger("phibox.service")
 
 class DeviceService:
     def __init__(self, bundle_dir: Path, db_path: Path, cfg: EngineConfig, observer: Observer,
-                 state: StateDir | None = None, backend: str | None = None, queue_size: int = 4) -> None:
+                 state: StateDir | None = None, backend: str | None = None, queue_size: int = 4,
+                 load_attempts: int = 1, load_retry_s: float = 10.0) -> None:
         self.bundle = InstalledBundle.open(bundle_dir)
         self.cfg, self.observer, self.backend_name = cfg, observer, backend
         self.state_dir = state
         """The device state directory, when serving from one (needed for admin installs)."""
+        self.load_attempts, self.load_retry_s = load_attempts, load_retry_s
         self.documents = Documents(db_path)
         self.slot = ModelSlot()
         self.worker = GenerationWorker(self.slot, queue_size, observer)
@@ -62,18 +65,43 @@ class DeviceService:
             self._load()
 
     def _load(self) -> None:
+        """Load the embedder and model; on failure keep serving passages, retry with backoff, then fall
+        back to the previous bundle (when serving a state directory that keeps one)."""
+        for attempt in range(1, self.load_attempts + 1):
+            try:
+                if self.engine.embedder is None:
+                    self.engine.embedder = OnnxEmbedder(self.bundle.embedder_dir, threads=self.cfg.thread_count)
+                self.slot.replace(load_backend(self.bundle, self.cfg, self.backend_name))
+                self.state, self.error = "ready", ""
+                self.observer.model_ready(True)
+                log.info("model %s loaded (%s)", self.model_id, self.slot.backend.name if self.slot.backend else "-")
+                return
+            except Exception as exc:  # any load failure degrades to search-only, never crashes the kiosk
+                self.state, self.error = "degraded", f"{type(exc).__name__}: {exc}"
+                self.engine.model_note = f"the model could not be loaded ({self.error}); passages still work"
+                log.error("model failed to load (try %d of %d): %s", attempt, self.load_attempts, self.error)
+                self.record_event("model_load_failed", version=self.bundle.manifest.version, attempt=attempt,
+                                  error=self.error)
+            finally:
+                self.ready.set()  # READY for systemd after the first try, either way: passages work
+            if attempt < self.load_attempts:
+                time.sleep(self.load_retry_s * 2 ** (attempt - 1))
+        self._fall_back()
+
+    def _fall_back(self) -> None:
+        """The active bundle's model never loaded: go back to the previous kept bundle, health-checked."""
+        state = self.state_dir
+        if state is None or state.previous_version() is None:
+            return
+        failed = self.bundle.manifest.version
         try:
-            self.engine.embedder = OnnxEmbedder(self.bundle.embedder_dir, threads=self.cfg.thread_count)
-            self.slot.replace(load_backend(self.bundle, self.cfg, self.backend_name))
-            self.state = "ready"
-            self.observer.model_ready(True)
-            log.info("model %s loaded (%s)", self.model_id, self.slot.backend.name if self.slot.backend else "-")
-        except Exception as exc:  # any load failure degrades to search-only, never crashes the kiosk
-            self.state, self.error = "degraded", f"{type(exc).__name__}: {exc}"
-            self.engine.model_note = f"the model could not be loaded ({self.error}); passages still work"
-            log.error("model failed to load: %s", self.error)
-        finally:
-            self.ready.set()
+            restored = installer.rollback(state, self.activate)
+        except Exception as exc:  # stays degraded (passages only); the admin sees why
+            self.record_event("fallback_failed", version=failed, error=f"{type(exc).__name__}: {exc}")
+            log.error("falling back from version %s failed: %s", failed, exc)
+            return
+        self.record_event("fell_back", failed=failed, restored=restored)
+        log.warning("version %s never loaded; version %s is active again", failed, restored)
 
     def activate(self, folder: Path) -> None:
         """Switch to the bundle in folder: load and health-check it beside the running one, then swap.

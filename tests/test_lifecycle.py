@@ -94,12 +94,13 @@ def test_unloadable_model_rolls_back_automatically(state, files) -> None:
     def health(folder: Path) -> None:
         check_bundle(folder, state.db, EngineConfig())
 
-    with pytest.raises(installer.InstallError, match=r"failed its health check.*rolled back to version 3"):
+    with pytest.raises(installer.InstallError, match=r"failed its health check.*version 3 stays active"):
         installer.install(files["v4-broken"], state, health_check=health)
     assert_serving(state, 3)
     assert state.versions() == [3]
     events = [e["event"] for e in state.recent_events(3)]
-    assert events[0] == "health_check_failed" and "activated" in events
+    assert events[0] == "health_check_failed"
+    assert not [e for e in state.recent_events(20) if e["event"] == "activated" and e["version"] == 4]
 
 
 def test_install_then_rollback_then_status(state, files, capsys) -> None:
@@ -119,15 +120,21 @@ def test_old_bundles_are_pruned(state, files) -> None:
     assert state.versions() == [4, 5] and state.active_version() == 5
 
 
-@pytest.mark.parametrize(("stage", "serving"), [("unpacking", 3), ("unpacked", 3), ("before_swap", 3),
-                                                ("after_swap", 4)])
-def test_kill_9_while_installing_leaves_old_or_new_never_a_mix(stage: str, serving: int, state, files) -> None:
-    cmd = [sys.executable, "-m", "phibox.device.cli", "bundle", "install", str(files["v4"]), "--state", str(state.root),
-           "--skip-health-check"]
+def install_paused_at(stage: str, bundle_file: Path, state: StateDir) -> subprocess.Popen:
+    """`phibox bundle install` (with its health check) in another process, stopped at stage."""
+    cmd = [sys.executable, "-m", "phibox.device.cli", "bundle", "install", str(bundle_file), "--state", str(state.root)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, installer.PAUSE_ENV: stage, "PYTHONUNBUFFERED": "1"})
     line = proc.stdout.readline().decode()
     assert line.strip() == f"paused at {stage}", line + proc.stdout.read().decode()
+    return proc
+
+
+@pytest.mark.parametrize(("stage", "serving"), [("unpacking", 3), ("unpacked", 3), ("health_check", 3),
+                                                ("before_swap", 3), ("after_swap", 4)])
+def test_kill_9_while_installing_leaves_old_or_new_never_a_mix(stage: str, serving: int, state, files) -> None:
+    """The health check runs before `current` moves: until the swap, a crash leaves the old bundle."""
+    proc = install_paused_at(stage, files["v4"], state)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert_serving(state, serving)
@@ -135,3 +142,62 @@ def test_kill_9_while_installing_leaves_old_or_new_never_a_mix(stage: str, servi
     installer.install(nxt, state)
     assert_serving(state, 5 if serving == 4 else 4)
     assert not list(state.bundles.glob("*.partial*")) and not list(state.root.glob(".current-*"))
+
+
+def test_one_install_at_a_time_across_processes(state, files) -> None:
+    first = install_paused_at("unpacking", files["v4"], state)
+    try:
+        with pytest.raises(installer.InstallBusyError, match=rf"under way in {state.root} \(pid {first.pid}\)"):
+            installer.install(files["v5"], state)
+        with pytest.raises(installer.InstallBusyError):
+            installer.rollback(state)
+        assert len(list(state.bundles.glob("*.partial*"))) == 1, "the running install's staging must survive"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert_serving(state, 3)
+    installer.install(files["v5"], state)  # the lock went with the killed process; its leftovers too
+    assert_serving(state, 5)
+    assert not list(state.bundles.glob("*.partial*"))
+
+
+def test_shell_install_is_refused_while_the_kiosk_serves_from_the_state(state, files, capsys) -> None:
+    from test_serve import start_server
+
+    proc, port = start_server(["--state", str(state.root)])
+    try:
+        assert state.running_server() == {"pid": proc.pid, "port": port}
+        assert main(["bundle", "install", str(files["v4"]), "--state", str(state.root)]) == 1
+        err = capsys.readouterr().err
+        assert f"runs from {state.root}" in err and f"phibox push FILE --to http://127.0.0.1:{port}" in err
+        assert main(["bundle", "rollback", "--state", str(state.root)]) == 1
+        assert_serving(state, 3)
+        assert state.versions() == [3]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert state.running_server() is None  # a stopped server leaves no claim behind
+    assert main(["bundle", "install", str(files["v4"]), "--state", str(state.root)]) == 0
+    assert_serving(state, 4)
+
+
+def test_a_model_that_never_loads_falls_back_to_the_previous_bundle(state, files, monkeypatch) -> None:
+    import json
+
+    from test_serve import get, start_server
+
+    installer.install(files["v4-broken"], state)  # no health check asked: v4's model is damaged
+    assert state.active_version() == 4
+    monkeypatch.setenv("PHIBOX_LOAD_ATTEMPTS", "2")
+    monkeypatch.setenv("PHIBOX_LOAD_RETRY_S", "0.2")
+    proc, port = start_server(["--state", str(state.root)])  # waits for "ready", which only v3 can reach
+    try:
+        health = json.loads(get(port, "/healthz")[2])
+        assert health["status"] == "ready" and health["bundle_version"] == 3
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert_serving(state, 3)
+    events = state.recent_events(10)
+    assert [e["attempt"] for e in events if e["event"] == "model_load_failed"] == [2, 1]
+    assert any(e["event"] == "fell_back" and e["failed"] == 4 and e["restored"] == 3 for e in events)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from phibox.device.bundle import Manifest, load_trusted_keys
+from phibox.device.cli.common import refuse_while_serving
 from phibox.device.errors import ConfigError
 from phibox.device.lifecycle.bundle_tar import read_manifest, verify_tar
 from phibox.device.lifecycle.state import StateDir
@@ -95,11 +96,13 @@ def _device_action(args: argparse.Namespace) -> int:
         print(f"trusted key {kid} ({state.keys / (kid + '.pub')})")
         return 0
     if args.action == "rollback":
+        refuse_while_serving(state, "roll back")
         version = installer.rollback(state, None if args.skip_health_check else health)
         print(f"rolled back: version {version} is active")
         return 0
     if args.file is None:
         raise ConfigError("`phibox bundle install` needs a bundle FILE")
+    refuse_while_serving(state, "install")
     result = installer.install(args.file, state, health_check=None if args.skip_health_check else health,
                                allow_downgrade=args.allow_downgrade, keep=args.keep)
     print(f"installed and activated {result.manifest.name} v{result.version}"

@@ -9,7 +9,9 @@ from pathlib import Path
 from phibox.device.config import EngineConfig
 from phibox.device.documents import Documents
 from phibox.device.engine import Engine
+from phibox.device.errors import ConfigError
 from phibox.device.installed import InstalledBundle, default_bundle_dir, default_db_path
+from phibox.device.lifecycle.state import StateDir
 from phibox.device.observe import NullObserver
 from phibox.device.rag.embedder import OnnxEmbedder
 from phibox.device.runtime.slot import ModelSlot
@@ -54,3 +56,16 @@ def stop_engine(engine: Engine) -> None:
         engine.worker.stop()
     engine.slot.close()
     engine.documents.close()
+
+
+def refuse_while_serving(state: StateDir, action: str) -> None:
+    """A bundle change from the shell would leave a running kiosk on the old model (and could prune
+    the folder it runs from): the running server must do it, live."""
+    server = state.running_server()
+    if server is not None:
+        port = server["port"]
+        raise ConfigError(
+            f"the kiosk server (pid {server['pid']}) runs from {state.root}: {action} through it, live — "
+            f"`phibox push FILE --to http://127.0.0.1:{port} --token-file TOKEN` or the admin page at "
+            f"http://127.0.0.1:{port}/admin (for a pull: `phibox pull URL --device http://127.0.0.1:{port}`) — "
+            "or stop the server first")

@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from phibox.device import paths
+    from phibox.device.cli.common import refuse_while_serving
     from phibox.device.cli.push import push
     from phibox.device.config import EngineConfig
     from phibox.device.errors import ConfigError
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"the device refused v{channel.version} ({status}): {body.get('error', body)}")
                 return 1
         else:
+            refuse_while_serving(state, "install")
             cfg = EngineConfig()
             installer.install(path, state, health_check=lambda folder: check_bundle(folder, state.db, cfg))
     finally:

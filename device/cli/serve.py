@@ -46,9 +46,12 @@ def run(args: argparse.Namespace) -> int:
     db = Path(config.db) if config.db else (state.db if state else Path(config.bundle) / "documents.db")
     metrics = Metrics()
     service = DeviceService(bundle, db, engine, metrics, state=state, backend=config.backend,
-                            queue_size=config.queue_size)
+                            queue_size=config.queue_size, load_attempts=config.load_attempts,
+                            load_retry_s=config.load_retry_s)
     service.start()
     app = create_app(service, config)
+    if state is not None:
+        state.mark_server(config.port)
     stop = threading.Event()
     start_notifier(service.ready, lambda: f"{service.state}: {service.model_id} v{service.bundle.manifest.version}",
                    lambda: service.worker.heartbeat, stop)
@@ -62,4 +65,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         stop.set()
         service.close()
+        if state is not None:
+            state.clear_server()
     return 0

@@ -7,18 +7,26 @@
 3. Unpack only regular files the manifest lists (absolute paths, '..', links, devices, setuid
    bits reject the whole bundle), hashing the bytes as they are written; never reopen a file
    after checking it. Into bundles/<v>.partial, then renamed to bundles/<v>.
-4. Activate by swapping the `current` symlink atomically, run the health check, and on failure
-   swap back to the previous bundle and record the event.
+4. Health-check the unpacked folder (the model loads and generates, retrieval answers), and only
+   then swap the `current` symlink atomically: a crash or a restart at any point before the swap
+   starts the old bundle, never an unverified one.
+
+One install at a time, for every way in (CLI, upload, push, pull): a lock on ``install.lock`` in
+the state directory, held across processes; staging folders have unique names and leftovers are
+cleaned only under the lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import secrets
 import shutil
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +50,33 @@ PAUSE_ENV = "PHIBOX_INSTALL_PAUSE"
 
 
 class InstallError(PhiboxError):
-    """An install was refused or rolled back; the active bundle is untouched (or restored)."""
+    """An install was refused or failed its health check; the active bundle is untouched."""
+
+
+class InstallBusyError(InstallError):
+    """Another install, activation or rollback is under way in the same state directory."""
+
+
+LOCK_FILE = "install.lock"
+
+
+@contextmanager
+def install_lock(state: StateDir) -> Iterator[None]:
+    """Hold the state directory's install lock (every process, every way in); busy is an error at once."""
+    state.init()
+    fd = os.open(state.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            raise InstallBusyError(f"another install, activation or rollback is under way in {state.root} "
+                                   f"(pid {holder}): wait for it to finish, then try again") from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 @dataclass(frozen=True)
@@ -91,8 +125,7 @@ def unpack(path: Path, state: StateDir, *, allow_downgrade: bool = False) -> tup
             verify_signature(manifest_bytes, sig_bytes, trusted)
             manifest = Manifest.from_bytes(manifest_bytes)
             check_versions(manifest, state.active_version(), allow_downgrade)
-            state.clean_partials()
-            staging = state.bundles / f"{manifest.version}.partial-{os.getpid()}"
+            staging = state.bundles / f"{manifest.version}.partial-{os.getpid()}-{secrets.token_hex(4)}"
             staging.mkdir()
             _extract_listed(tar, manifest, staging, path)
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -128,46 +161,54 @@ def _extract_listed(tar: tarfile.TarFile, manifest: Manifest, staging: Path, pat
 
 def install(path: Path, state: StateDir, *, health_check: HealthCheck | None = None, allow_downgrade: bool = False,
             keep: int = 2) -> InstallResult:
-    """Verify, unpack, activate and health-check a bundle file; roll back on a failed health check."""
-    state.init()
-    previous = state.active_version()
-    try:
-        manifest, _ = unpack(path, state, allow_downgrade=allow_downgrade)
-    except PhiboxError as exc:
-        state.clean_partials()
-        state.record("install_refused", file=path.name, reason=str(exc))
-        raise
-    activate_checked(state, manifest.version, previous, health_check, reason="install")
-    state.prune(keep)
+    """Verify and unpack a bundle file, health-check it, then make it the active one."""
+    with install_lock(state):
+        state.clean_partials()  # leftovers of a killed install; nobody else is installing now
+        previous = state.active_version()
+        try:
+            manifest, _ = unpack(path, state, allow_downgrade=allow_downgrade)
+        except PhiboxError as exc:
+            state.clean_partials()
+            state.record("install_refused", file=path.name, reason=str(exc))
+            raise
+        _check_then_swap(state, manifest.version, previous, health_check, reason="install")
+        state.prune(keep)
     return InstallResult(manifest.version, previous, manifest)
 
 
-def activate_checked(state: StateDir, version: int, previous: int | None, health_check: HealthCheck | None,
-                     reason: str) -> None:
-    """Swap `current` to version, health-check it, and swap back to previous if it fails."""
-    _pause("before_swap")
-    state.activate(version)
-    _pause("after_swap")
-    state.record("activated", version=version, previous=previous, reason=reason)
-    if health_check is None:
-        return
-    try:
-        health_check(state.bundle_dir(version))
-    except Exception as exc:  # whatever breaks the new bundle, the device goes back to the old one
-        state.activate(previous)
-        if reason == "install":
-            shutil.rmtree(state.bundle_dir(version), ignore_errors=True)
-        state.record("health_check_failed", version=version, restored=previous, error=f"{type(exc).__name__}: {exc}")
-        raise InstallError(f"version {version} failed its health check ({exc}); "
-                           f"{'rolled back to version ' + str(previous) if previous else 'no bundle is active'}"
-                           ) from exc
-    state.record("healthy", version=version)
+def activate_version(state: StateDir, version: int, health_check: HealthCheck | None = None) -> None:
+    """Make an installed version the active one (admin), health-checked first."""
+    with install_lock(state):
+        _check_then_swap(state, version, state.active_version(), health_check, reason="admin")
 
 
 def rollback(state: StateDir, health_check: HealthCheck | None = None) -> int:
     """Explicit admin rollback: activate the newest installed version below the active one."""
-    active, previous = state.active_version(), state.previous_version()
-    if previous is None:
-        raise InstallError(f"no older bundle is kept in {state.bundles} to roll back to")
-    activate_checked(state, previous, active, health_check, reason="rollback")
+    with install_lock(state):
+        active, previous = state.active_version(), state.previous_version()
+        if previous is None:
+            raise InstallError(f"no older bundle is kept in {state.bundles} to roll back to")
+        _check_then_swap(state, previous, active, health_check, reason="rollback")
     return previous
+
+
+def _check_then_swap(state: StateDir, version: int, previous: int | None, health_check: HealthCheck | None,
+                     reason: str) -> None:
+    """Health-check bundles/<version>, then swap `current` to it. Caller holds the install lock."""
+    if health_check is not None:
+        _pause("health_check")
+        try:
+            health_check(state.bundle_dir(version))
+        except Exception as exc:  # whatever breaks the new bundle, the active one stays
+            if reason == "install":
+                shutil.rmtree(state.bundle_dir(version), ignore_errors=True)
+            state.record("health_check_failed", version=version, kept=previous,
+                         error=f"{type(exc).__name__}: {exc}")
+            raise InstallError(f"version {version} failed its health check ({exc}); "
+                               f"{f'version {previous} stays active' if previous else 'no bundle is active'}"
+                               ) from exc
+    _pause("before_swap")
+    state.activate(version)
+    _pause("after_swap")
+    state.record("activated", version=version, previous=previous, reason=reason,
+                 health="checked" if health_check is not None else "skipped")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from phibox.device.errors import ConfigError
-from phibox.device.fsutil import fsync_dir
+from phibox.device.fsutil import atomic_write, fsync_dir
 from phibox.device.installed import DOCUMENTS_DB
 from phibox.device.provenance import utc_now
 
@@ -92,6 +92,31 @@ class StateDir:
                     shutil.rmtree(p, ignore_errors=True)
         for p in self.root.glob(".current-*"):
             p.unlink(missing_ok=True)
+
+    # --- the server running from this directory --------------------------------------------
+    @property
+    def server_file(self) -> Path:
+        return self.root / "server.json"
+
+    def mark_server(self, port: int) -> None:
+        """`phibox serve` says it runs from here (pid and port), so installs from the shell go to it."""
+        atomic_write(self.server_file, json.dumps({"pid": os.getpid(), "port": port}).encode())
+
+    def clear_server(self) -> None:
+        info = self.running_server()
+        if info is not None and info["pid"] == os.getpid():
+            self.server_file.unlink(missing_ok=True)
+
+    def running_server(self) -> dict[str, int] | None:
+        """The live `phibox serve` running from this directory ({"pid", "port"}), or None."""
+        try:
+            info = json.loads(self.server_file.read_text())
+            os.kill(int(info["pid"]), 0)
+        except (FileNotFoundError, ValueError, KeyError, TypeError, ProcessLookupError):
+            return None
+        except PermissionError:  # alive, under another user (the service user)
+            pass
+        return {"pid": int(info["pid"]), "port": int(info["port"])}
 
     def record(self, event: str, **detail: Any) -> dict[str, Any]:
         entry = {"at": utc_now(), "event": event, **detail}

@@ -49,6 +49,10 @@ class ServeConfig:
     """Mark the admin session cookie Secure (set when the admin area is served over HTTPS)."""
     keep_bundles: int = 2
     """Installed bundles kept for rollback."""
+    load_attempts: int = 3
+    """Tries to load the active bundle's model at start before falling back to the previous bundle."""
+    load_retry_s: float = 10.0
+    """Wait before the second try; doubled before each further one."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -57,6 +61,8 @@ class ServeConfig:
             raise ConfigError("queue_size must be at least 1")
         if self.max_question_chars < 10:
             raise ConfigError("max_question_chars must be at least 10")
+        if self.load_attempts < 1 or self.load_retry_s < 0:
+            raise ConfigError("load_attempts must be at least 1 and load_retry_s not negative")
         if self.backend not in ("", "gguf", "onnx"):
             raise ConfigError(f"backend must be gguf or onnx, not {self.backend!r}")
 
