@@ -68,6 +68,8 @@ class DeviceService:
         """Load the embedder and model; on failure keep serving passages, retry with backoff, then fall
         back to the previous bundle (when serving a state directory that keeps one)."""
         for attempt in range(1, self.load_attempts + 1):
+            if self.state == "ready":  # a bundle activated meanwhile (an admin push) already serves
+                return
             try:
                 if self.engine.embedder is None:
                     self.engine.embedder = OnnxEmbedder(self.bundle.embedder_dir, threads=self.cfg.thread_count)
@@ -91,7 +93,7 @@ class DeviceService:
     def _fall_back(self) -> None:
         """The active bundle's model never loaded: go back to the previous kept bundle, health-checked."""
         state = self.state_dir
-        if state is None or state.previous_version() is None:
+        if state is None or state.previous_version() is None or self.state == "ready":
             return
         failed = self.bundle.manifest.version
         try:
