@@ -190,7 +190,8 @@ def test_a_model_that_never_loads_falls_back_to_the_previous_bundle(state, files
     assert state.active_version() == 4
     monkeypatch.setenv("PHIBOX_LOAD_ATTEMPTS", "2")
     monkeypatch.setenv("PHIBOX_LOAD_RETRY_S", "0.2")
-    proc, port = start_server(["--state", str(state.root)])  # waits for "ready", which only v3 can reach
+    # waits for "ready", which only v3 can reach: three model loads, so allow a busy machine time
+    proc, port = start_server(["--state", str(state.root)], timeout_s=300)
     try:
         health = json.loads(get(port, "/healthz")[2])
         assert health["status"] == "ready" and health["bundle_version"] == 3

@@ -81,12 +81,13 @@ def docs_db(tiny_bundle_dir: Path, tmp_path_factory) -> Path:
     return folder / "docs.db"
 
 
-def start_server(args: list[str], states: tuple[str, ...] = ("ready",)) -> tuple[subprocess.Popen, int]:
+def start_server(args: list[str], states: tuple[str, ...] = ("ready",), timeout_s: float = 90
+                 ) -> tuple[subprocess.Popen, int]:
     """`phibox serve ARGS` on a free port, once /healthz reports one of states."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "phibox.device.cli", "serve", "--port", str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + timeout_s
     while True:
         assert proc.poll() is None, proc.stdout.read().decode()
         assert time.monotonic() < deadline, "server did not become ready"
