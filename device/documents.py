@@ -1,13 +1,14 @@
 """The one owner of documents.db: every write goes through ``Documents``, one writer at a time.
 
-Ingesting, deleting, re-indexing a folder, re-embedding for a new embedder and adopting a
-bundle's prebuilt index all take the writer lock: an advisory ``flock`` on ``documents.db.lock``
-beside the database, so it holds across processes (a `phibox ingest` on the shell while the
-server re-indexes waits, or is told the index is busy) and across threads alike.
+Ingesting, deleting, re-indexing a folder, re-embedding for a new embedder and merging a bundle's
+prebuilt index (in place: the device's own manuals stay) all take the writer lock: an advisory
+``flock`` on ``documents.db.lock`` beside the database, so it holds across processes (a `phibox
+ingest` on the shell while the server re-indexes waits, or is told the index is busy) and across
+threads alike.
 
 Readers (every search) use one long-lived read-only connection per thread, with sqlite-vec loaded
-once; a connection notices when the file was replaced (a re-embed or an adopted index swaps the
-file whole) and reopens on the new one.
+once; a connection notices when the file was replaced (a re-embed swaps the file whole) and
+reopens on the new one.
 """
 
 from __future__ import annotations
@@ -20,13 +21,27 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from phibox.device.config import EngineConfig
 from phibox.device.errors import PhiboxError
 from phibox.device.fsutil import fsync_dir, fsync_file
 from phibox.device.rag import db
 from phibox.device.rag.embedder import OnnxEmbedder
 from phibox.device.rag.ingest import IngestReport, fill_missing_vectors, ingest
-from phibox.device.rag.store import DocumentStore
+from phibox.device.rag.store import ChunkRow, DocumentStore
+
+BUNDLE_PREFIX = "bundle:"
+"""Documents that came with a bundle's prebuilt index are stored under path "bundle:<source>"."""
+
+
+def _read_chunks(store: DocumentStore, doc_id: int) -> tuple[list[ChunkRow], np.ndarray]:
+    rows = store.conn.execute(
+        "SELECT c.heading, c.page, c.text, c.tokens, v.embedding FROM chunks c JOIN chunk_vec v ON v.rowid = c.id "
+        "WHERE c.document_id = ? ORDER BY c.position", (doc_id,)).fetchall()
+    chunks = [ChunkRow(heading, page, text, tokens) for heading, page, text, tokens, _ in rows]
+    vectors = np.stack([np.frombuffer(blob, dtype=np.float32) for *_, blob in rows]) if rows else np.zeros((0, 1))
+    return chunks, vectors
 
 
 class DocumentsBusyError(PhiboxError):
@@ -104,10 +119,31 @@ class Documents:
                 tmp.unlink(missing_ok=True)
         return n
 
-    def adopt(self, prebuilt: Path) -> None:
-        """Put a bundle's prebuilt index in place of this database (atomically)."""
-        with self.writer_lock():
-            self._replace_with(prebuilt)
+    def adopt(self, prebuilt: Path, embedder: OnnxEmbedder, cfg: EngineConfig) -> dict[str, int]:
+        """Merge a bundle's prebuilt index (made with embedder) into this database, in place: each of
+        its documents replaces the documents of the same source; documents of an earlier bundle that
+        this one no longer has go; the device's own manuals (ingested here, e.g. from /admin) stay,
+        re-embedded when the bundle brings another embedder. One transaction per document."""
+        bundle = DocumentStore.open(prebuilt, readonly=True)
+        try:
+            if bundle.embedder() != (embedder.spec.id, embedder.spec.dim):
+                raise PhiboxError(f"{prebuilt} was embedded with {bundle.embedder()}, not with the bundle's "
+                                  f"embedder {embedder.spec.id}: rebuild the bundle with `phibox export --docs`")
+            docs = bundle.conn.execute("SELECT id, source, title, content_sha256, ingested_at FROM documents "
+                                       "ORDER BY source").fetchall()
+            with self.writing() as store:
+                reembedded = store.bind_embedder(embedder.spec, reembed=True)
+                sources = {source for _, source, *_ in docs}
+                for path, source in store.conn.execute("SELECT path, source FROM documents").fetchall():
+                    if source in sources or (path.startswith(BUNDLE_PREFIX) and source not in sources):
+                        store.delete_document(path)
+                for doc_id, source, title, sha, at in docs:
+                    chunks, vectors = _read_chunks(bundle, doc_id)
+                    store.replace_document(BUNDLE_PREFIX + source, source, title, sha, at, chunks, vectors)
+                own = fill_missing_vectors(store, embedder, cfg, progress=False) if reembedded else 0
+                return {"bundle_documents": len(docs), "reembedded_chunks": own}
+        finally:
+            bundle.close()
 
     def make_standalone(self) -> None:
         """One self-contained file (WAL folded in, rollback journal): to ship inside a bundle, whose

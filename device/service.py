@@ -118,7 +118,8 @@ class DeviceService:
             log.info("switched to %s v%s", bundle.manifest.name, bundle.manifest.version)
             action = index_action(self.documents, bundle, embedder.spec)
         if action == "adopt":
-            self.documents.adopt(prebuilt_index(bundle))
+            merged = self.documents.adopt(prebuilt_index(bundle), embedder, self.cfg)
+            self.record_event("index_merged", version=bundle.manifest.version, **merged)
         elif action == "reembed":
             threading.Thread(target=self.reembed, args=(embedder,), name="phibox-reembed", daemon=True).start()
 

@@ -135,10 +135,10 @@ def test_searches_keep_one_connection_per_thread_and_follow_a_replaced_file(inde
         thread.join()
         assert other[0] is not first  # another thread: its own connection
         assert documents.counts()["documents"] == 1
-        documents.adopt(indexed)  # a bundle's prebuilt index replaces the file whole
+        documents.reembed(embedder, EngineConfig())  # a re-embed swaps the file whole
         assert documents.reader() is not first
-        assert documents.counts()["documents"] > 1
-        assert {d["source"] for d in documents.listing()} >= {"press.md"}
+        assert documents.counts()["documents"] == 1
+        assert {d["source"] for d in documents.listing()} == {"only.md"}
     finally:
         documents.close()
 

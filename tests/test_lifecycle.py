@@ -202,3 +202,96 @@ def test_a_model_that_never_loads_falls_back_to_the_previous_bundle(state, files
     events = state.recent_events(10)
     assert [e["attempt"] for e in events if e["event"] == "model_load_failed"] == [2, 1]
     assert any(e["event"] == "fell_back" and e["failed"] == 4 and e["restored"] == 3 for e in events)
+
+
+@pytest.fixture(scope="module")
+def docs_bundles(tiny_bundle_dir: Path, admin_keys, tmp_path_factory) -> dict[str, Path]:
+    """v4 and v5 shipping a prebuilt manuals index (as `phibox export --docs` makes): v4 with the press
+    and conveyor manuals, v5 with a newer press manual only."""
+    from bundle_kit import resign
+
+    from phibox.device.documents import Documents
+    from phibox.device.rag.embedder import OnnxEmbedder
+
+    d = tmp_path_factory.mktemp("docs-bundles")
+
+    def with_index(manuals: dict[str, str]):
+        def edit(folder: Path) -> None:
+            src = folder.parent / f"src-{folder.name}"
+            src.mkdir()
+            for name, text in manuals.items():
+                (src / name).write_text(text)
+            documents = Documents(folder / "index" / "documents.db")
+            documents.ingest([src], OnnxEmbedder(folder / "embedder"), EngineConfig())
+            documents.close()
+            documents.make_standalone()
+        return edit
+
+    press = "# Hydraulic press HP-200\n\n## E42\n\nE42 means low hydraulic pressure: check the oil level first.\n"
+    conveyor = "# Conveyor CV-1\n\n## Belt\n\nTrack the belt with the tail pulley screws.\n"
+    newer = "# Hydraulic press HP-200\n\n## E42\n\nE42, low pressure: check relief valve RV-3 for leaks.\n"
+    key = admin_keys[0]
+    return {"v4": resign(tiny_bundle_dir, d / "plant7-v4.phibox", key, 4, scratch=d,
+                         edit=with_index({"press.md": press, "conveyor.md": conveyor})),
+            "v5": resign(tiny_bundle_dir, d / "plant7-v5.phibox", key, 5, scratch=d,
+                         edit=with_index({"press.md": newer}))}
+
+
+def test_a_bundles_manuals_merge_with_the_devices_own(state, docs_bundles, tiny_bundle_dir: Path, tmp_path: Path,
+                                                      capsys) -> None:
+    from phibox.device.documents import Documents
+    from phibox.device.rag.embedder import OnnxEmbedder
+
+    own = tmp_path / "manuals"
+    own.mkdir()
+    (own / "palletizer.md").write_text("# Palletizer PZ-9\n\nThe stretch wrapper film is changed with key SK-12.\n")
+    documents = Documents(state.db)
+    documents.ingest([own], OnnxEmbedder(tiny_bundle_dir / "embedder"), EngineConfig())  # an admin's manual
+    assert main(["bundle", "install", str(docs_bundles["v4"]), "--state", str(state.root)]) == 0
+    assert "2 manuals merged in, the device's own kept" in capsys.readouterr().out
+    assert {d["source"] for d in documents.listing()} == {"palletizer.md", "press.md", "conveyor.md"}
+    assert main(["bundle", "install", str(docs_bundles["v5"]), "--state", str(state.root)]) == 0
+    sources = {d["source"]: d["path"] for d in documents.listing()}
+    assert set(sources) == {"palletizer.md", "press.md"}, "v5 no longer ships conveyor.md; the admin's stays"
+    assert sources["palletizer.md"] == str(own / "palletizer.md")
+    store = documents.reader()
+    text = store.conn.execute("SELECT group_concat(text) FROM chunks").fetchone()[0]
+    assert "RV-3" in text and "oil level first" not in text  # the newer press manual replaced the older
+    counts = documents.counts()
+    assert counts["vectors"] == counts["chunks"] == counts["fts"] > 0
+    documents.close()
+
+
+def test_a_docs_bundle_pushed_to_the_running_kiosk_keeps_the_admins_manual(state, docs_bundles, tiny_bundle_dir,
+                                                                         tmp_path: Path, capsys) -> None:
+    import json
+    import urllib.parse
+
+    from test_serve import get, start_server
+
+    from phibox.device.documents import Documents
+    from phibox.device.rag.embedder import OnnxEmbedder
+
+    own = tmp_path / "manuals"
+    own.mkdir()
+    (own / "palletizer.md").write_text("# Palletizer PZ-9\n\nThe stretch wrapper film is changed with key SK-12.\n")
+    documents = Documents(state.db)
+    documents.ingest([own], OnnxEmbedder(tiny_bundle_dir / "embedder"), EngineConfig())
+    documents.close()
+    token = tmp_path / "push.token"
+    assert main(["admin", "new-token", "--state", str(state.root), "--out", str(token)]) == 0
+    proc, port = start_server(["--state", str(state.root)])
+    try:
+        assert main(["push", str(docs_bundles["v4"]), "--to", f"http://127.0.0.1:{port}",
+                     "--token-file", str(token)]) == 0
+
+        def top(question: str) -> str:
+            raw = get(port, "/api/search?q=" + urllib.parse.quote(question))[2]
+            return json.loads(raw)["passages"][0]["source"]
+
+        assert top("stretch wrapper film key SK-12") == "palletizer.md"  # the admin's manual survived
+        assert top("track the conveyor belt tail pulley") == "conveyor.md"  # the bundle's arrived
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert any(e["event"] == "index_merged" and e["bundle_documents"] == 2 for e in state.recent_events(10))

@@ -112,20 +112,23 @@ def _device_action(args: argparse.Namespace) -> int:
 
 
 def _sync_index(state: StateDir) -> None:
-    """After an install on the command line: adopt the bundle's prebuilt manuals index, as the running
+    """After an install on the command line: merge the bundle's prebuilt manuals index, as the running
     server does; a changed embedder is reported (the server re-embeds by itself, the shell asks)."""
+    from phibox.device.config import EngineConfig
     from phibox.device.documents import Documents
     from phibox.device.installed import InstalledBundle
     from phibox.device.lifecycle.activation import index_action, prebuilt_index
-    from phibox.device.rag.embedder import EmbedderSpec
+    from phibox.device.rag.embedder import OnnxEmbedder
 
     bundle = InstalledBundle.open(state.current.resolve())
     documents = Documents(state.db)
     try:
-        action = index_action(documents, bundle, EmbedderSpec.load(bundle.embedder_dir))
+        embedder = OnnxEmbedder(bundle.embedder_dir)
+        action = index_action(documents, bundle, embedder.spec)
         if action == "adopt":
-            documents.adopt(prebuilt_index(bundle))
-            print(f"documents index: the bundle's prebuilt index is now {state.db}")
+            merged = documents.adopt(prebuilt_index(bundle), embedder, EngineConfig())
+            print(f"documents index {state.db}: the bundle's {merged['bundle_documents']} manuals merged in, "
+                  "the device's own kept")
         elif action == "reembed":
             print(f"note: the bundle's embedder differs from the one that indexed {state.db}: run "
                   f"`phibox ingest MANUALS --reembed --db {state.db}`, or let `phibox serve` re-embed it "

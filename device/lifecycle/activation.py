@@ -1,7 +1,8 @@
 """What an activated bundle means for the documents index.
 
 A bundle that ships a prebuilt index (``index/documents.db``, made by `phibox export --docs`) is
-adopted whole. A bundle whose embedder differs from the one that made the device's vectors needs
+merged into the device's database (its manuals replace those of the same source; the device's own
+stay). A bundle whose embedder differs from the one that made the device's vectors needs
 them rebuilt: ``index_action`` says which, and the running device does it through ``Documents``
 (a re-embed runs in a copy, so keyword search keeps answering meanwhile).
 """
@@ -24,7 +25,7 @@ def prebuilt_index(bundle: InstalledBundle) -> Path | None:
 
 
 def index_action(documents: Documents, bundle: InstalledBundle, spec: EmbedderSpec) -> str | None:
-    """'adopt' (the bundle's prebuilt index replaces the database), 'reembed' (the vectors come from
+    """'adopt' (merge the bundle's prebuilt index into the database), 'reembed' (the vectors come from
     another embedder), or None (nothing to do)."""
     if prebuilt_index(bundle) is not None:
         return "adopt"
