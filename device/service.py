@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from phibox.device.config import EngineConfig
@@ -22,10 +23,12 @@ from phibox.device.installed import InstalledBundle
 from phibox.device.lifecycle import installer
 from phibox.device.lifecycle.activation import index_action, prebuilt_index
 from phibox.device.lifecycle.health import load_checked
+from phibox.device.lifecycle.memory import MemoryPlan, peak_rss_bytes, plan, reset_peak_rss
 from phibox.device.lifecycle.state import StateDir
 from phibox.device.observe import Observer
 from phibox.device.rag.embedder import OnnxEmbedder
-from phibox.device.runtime.loader import load_backend
+from phibox.device.runtime.backend import Backend
+from phibox.device.runtime.loader import choose_runtime, load_backend
 from phibox.device.runtime.slot import ModelSlot
 from phibox.device.runtime.worker import GenerationWorker
 
@@ -35,12 +38,16 @@ log = logging.getLogger("phibox.service")
 class DeviceService:
     def __init__(self, bundle_dir: Path, db_path: Path, cfg: EngineConfig, observer: Observer,
                  state: StateDir | None = None, backend: str | None = None, queue_size: int = 4,
-                 load_attempts: int = 1, load_retry_s: float = 10.0) -> None:
+                 load_attempts: int = 1, load_retry_s: float = 10.0, memory_budget_mb: int = 0) -> None:
         self.bundle = InstalledBundle.open(bundle_dir)
         self.cfg, self.observer, self.backend_name = cfg, observer, backend
         self.state_dir = state
         """The device state directory, when serving from one (needed for admin installs)."""
         self.load_attempts, self.load_retry_s = load_attempts, load_retry_s
+        self.memory_budget_mb = memory_budget_mb
+        """0: take the budget from the system (MemAvailable, the cgroup's memory.max)."""
+        self.last_plan: MemoryPlan | None = None
+        """How the last live switch went: side by side or drain, the estimate and the room."""
         self.documents = Documents(db_path)
         self.slot = ModelSlot()
         self.worker = GenerationWorker(self.slot, queue_size, observer)
@@ -110,18 +117,47 @@ class DeviceService:
         The installer calls this as its health check; if it raises, nothing was switched."""
         with self.swap_lock:
             bundle = InstalledBundle.open(folder)
-            embedder, backend = load_checked(bundle, self.cfg, self.backend_name)
+            memplan = plan(bundle, self.cfg, choose_runtime(bundle, self.backend_name), self.memory_budget_mb)
+            if self.slot.backend is None:  # nothing loaded (degraded): nothing to drain
+                memplan = replace(memplan, way="side_by_side")
+            reset_peak_rss()
+            if memplan.way == "drain":
+                embedder, backend = self._drain_and_load(bundle)
+            else:
+                embedder, backend = load_checked(bundle, self.cfg, self.backend_name)
             self.bundle, self.engine.embedder = bundle, embedder
-            self.slot.replace(backend)  # the old model closes after the answer that holds it
+            self.slot.replace(backend)  # side by side: the old model closes after the answer that holds it
             self.state, self.error = "ready", ""
             self.observer.model_ready(True)
-            log.info("switched to %s v%s", bundle.manifest.name, bundle.manifest.version)
+            self.last_plan = memplan
+            self.record_event("model_switched", version=bundle.manifest.version, way=memplan.way,
+                              estimate_mb=memplan.estimate_mb, available_mb=memplan.available_mb,
+                              peak_rss_mb=peak_rss_bytes() >> 20)
+            log.info("switched to %s v%s (%s)", bundle.manifest.name, bundle.manifest.version, memplan.way)
             action = index_action(self.documents, bundle, embedder.spec)
         if action == "adopt":
             merged = self.documents.adopt(prebuilt_index(bundle), embedder, self.cfg)
             self.record_event("index_merged", version=bundle.manifest.version, **merged)
         elif action == "reembed":
             threading.Thread(target=self.reembed, args=(embedder,), name="phibox-reembed", daemon=True).start()
+
+    def _drain_and_load(self, bundle: InstalledBundle) -> tuple[OnnxEmbedder, Backend]:
+        """The new model does not fit beside the old: let the answer under way finish, close the old
+        model, load the new one (questions meanwhile get the passages); on failure load the old back."""
+        old = self.bundle
+        self.state = "updating"
+        self.engine.model_note = "updating the model: here are the passages; answers are back in a minute"
+        self.slot.drain()
+        try:
+            return load_checked(bundle, self.cfg, self.backend_name)
+        except Exception:
+            try:
+                self.slot.replace(load_backend(old, self.cfg, self.backend_name))
+                self.state = "ready"
+            except Exception as exc:  # the old one does not load either: passages only, the admin sees why
+                self.state, self.error = "degraded", f"{type(exc).__name__}: {exc}"
+                self.engine.model_note = f"the model could not be loaded ({self.error}); passages still work"
+            raise
 
     def reembed(self, embedder: OnnxEmbedder) -> None:
         """Rebuild the vectors for embedder (keyword search answers meanwhile)."""

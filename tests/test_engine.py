@@ -165,3 +165,74 @@ def test_one_writer_at_a_time_across_processes(tmp_path: Path, tiny_bundle_dir: 
                               wait=False)  # the other process is gone: the lock went with it
     assert report.added and documents.counts()["chunks"] > 0
     documents.close()
+
+
+@pytest.fixture(scope="module")
+def v4_dir(lifecycle_files, tmp_path_factory) -> Path:
+    import tarfile
+
+    dest = tmp_path_factory.mktemp("v4")
+    with tarfile.open(lifecycle_files["v4"]) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def test_the_memory_plan_counts_the_kv_cache_and_respects_the_budget(tiny_bundle_dir: Path) -> None:
+    from phibox.device.installed import InstalledBundle
+    from phibox.device.lifecycle.memory import kv_bytes_per_token, plan
+
+    bundle = InstalledBundle.open(tiny_bundle_dir)
+    gguf = bundle.gguf_path()
+    assert kv_bytes_per_token(gguf) == 2 * 4 * 256 * 2  # K and V, 4 layers, width 256, f16
+    cfg = EngineConfig(context_window=4096)
+    tight, roomy = plan(bundle, cfg, "gguf", budget_mb=1), plan(bundle, cfg, "gguf", budget_mb=1 << 20)
+    assert tight.way == "drain" and roomy.way == "side_by_side"
+    assert tight.estimate_mb >= (gguf.stat().st_size * 2 + 4096 * kv_bytes_per_token(gguf)) >> 20
+
+
+@pytest.mark.parametrize("budget_mb", [1, 1 << 20])
+def test_a_live_switch_drains_when_the_new_model_does_not_fit(budget_mb: int, indexed: Path, tiny_bundle_dir: Path,
+                                                               v4_dir: Path) -> None:
+    from phibox.device.engine import Unavailable
+
+    service = DeviceService(tiny_bundle_dir, indexed, EngineConfig(), Metrics(), memory_budget_mb=budget_mb)
+    service.start(background=False)
+    done: dict[str, object] = {}
+
+    def long_answer() -> None:
+        events = list(service.engine.ask(QUESTION, Options(max_new_tokens=3000, min_new_tokens=3000)).events())
+        done["answer"], done["at"] = events[-1].data, time.monotonic()
+
+    def switch() -> None:
+        service.activate(v4_dir)
+        done["switched_at"] = time.monotonic()
+
+    try:
+        answering = threading.Thread(target=long_answer)
+        answering.start()
+        deadline = time.monotonic() + 60
+        while service.slot.users() == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        switching = threading.Thread(target=switch)
+        switching.start()
+        if budget_mb == 1:  # drain: new questions get the passages while the old model finishes
+            while service.state != "updating":
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            with pytest.raises(Unavailable, match="updating the model") as refused:
+                service.engine.ask(QUESTION)
+            assert refused.value.passages and refused.value.passages[0].source == "press.md"
+        switching.join(120)
+        answering.join(120)
+        assert done["answer"].timings.generated_tokens >= 2500, "the answer under way must finish in full"
+        plan = service.last_plan
+        if budget_mb == 1:  # the switch waited for the answer holding the old model
+            assert plan.way == "drain" and done["switched_at"] > done["at"]
+        else:
+            assert plan.way == "side_by_side"
+        assert service.bundle.manifest.version == 4 and service.state == "ready"
+        after = list(service.engine.ask(QUESTION, Options(max_new_tokens=8)).events())
+        assert after[-1].kind == "done" and after[-1].data.covered
+    finally:
+        service.close()

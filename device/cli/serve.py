@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     service = DeviceService(bundle, db, engine, metrics, state=state, backend=config.backend,
                             queue_size=config.queue_size, load_attempts=config.load_attempts,
-                            load_retry_s=config.load_retry_s)
+                            load_retry_s=config.load_retry_s, memory_budget_mb=config.memory_budget_mb)
     service.start()
     app = create_app(service, config)
     if state is not None:

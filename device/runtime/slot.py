@@ -27,11 +27,14 @@ class _Entry:
     users: int = 0
     retired: bool = False
     closed: bool = False
+    draining: bool = False
+    """A ``drain`` waits for the last user and closes the model itself."""
 
 
 class ModelSlot:
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)
         self._entry: _Entry | None = None
 
     @property
@@ -70,6 +73,21 @@ class ModelSlot:
         """Empty the slot (the model closes once no generation holds it)."""
         self.replace(None)
 
+    def drain(self) -> None:
+        """Empty the slot, wait until no generation holds the model, and close it before returning:
+        its memory is free when this returns (for a new model that does not fit beside it)."""
+        with self._lock:
+            entry, self._entry = self._entry, None
+            if entry is None:
+                return
+            entry.retired = entry.draining = True
+            while entry.users > 0:
+                self._released.wait()
+            if entry.closed:
+                return
+            entry.closed = True
+        self._close(entry)
+
     def _retire(self, entry: _Entry) -> bool:
         entry.retired = True
         if entry.users == 0 and not entry.closed:
@@ -80,7 +98,8 @@ class ModelSlot:
     def _release(self, entry: _Entry) -> None:
         with self._lock:
             entry.users -= 1
-            close_now = entry.retired and entry.users == 0 and not entry.closed
+            self._released.notify_all()
+            close_now = entry.retired and not entry.draining and entry.users == 0 and not entry.closed
             if close_now:
                 entry.closed = True
         if close_now:

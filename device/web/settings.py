@@ -49,6 +49,9 @@ class ServeConfig:
     """Mark the admin session cookie Secure (set when the admin area is served over HTTPS)."""
     keep_bundles: int = 2
     """Installed bundles kept for rollback."""
+    memory_budget_mb: int = 0
+    """Memory the server may use; a new bundle's model is loaded beside the running one only if it
+    fits, else the old one is drained first. 0: the smaller of MemAvailable and the cgroup's room."""
     load_attempts: int = 3
     """Tries to load the active bundle's model at start before falling back to the previous bundle."""
     load_retry_s: float = 10.0
