@@ -222,3 +222,74 @@ def ingestion(embedder_dir: Path, source_dir: Path, manuals: Path, threads: int,
     b = torch_model.encode(passages, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
     torch_rate = n / (time.perf_counter() - t)
     return {"onnx_chunks_s": onnx_rate, "torch_chunks_s": torch_rate, "min_cosine": float(np.sum(a * b, axis=1).min())}
+
+
+def _phibox(*argv: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run([sys.executable, "-m", "phibox.device.cli", *argv], capture_output=True, text=True,
+                          env=env, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"phibox {' '.join(argv[:2])} failed: {done.stdout[-500:]} {done.stderr[-800:]}")
+    return done.stdout
+
+
+def signed_gguf_bundles(bundle: Path, scratch: Path, versions: tuple[int, ...]) -> tuple[Path, list[Path]]:
+    """The bundle folder's GGUF model and embedder as signed .phibox files of the given versions."""
+    from phibox.device.bundle import Manifest, file_entry, generate_key, load_private_key
+    from phibox.export.pack import write_bundle
+    from phibox.export.pipeline import roles_for
+
+    key = scratch / "bench.key"
+    generate_key(key)
+    old = Manifest.from_bytes((bundle / "manifest.json").read_bytes())
+    rels = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*")
+                  if p.is_file() and p.parts[len(bundle.parts)] in ("model", "embedder"))
+    entries = tuple(file_entry(bundle, r, roles_for(r)) for r in rels)
+    files = []
+    for version in versions:
+        manifest = Manifest(name=old.name, version=version, created_at=old.created_at,
+                            min_device_version=old.min_device_version, base_model=old.base_model, files=entries,
+                            formats=("gguf",), embedder=old.embedder, stop_tokens=old.stop_tokens)
+        files.append(write_bundle(bundle, manifest, load_private_key(key), scratch / f"bench-v{version}.phibox",
+                                  scratch))
+    return key.with_suffix(".pub"), files
+
+
+def activation_peaks(bundle: Path, threads: int, scratch: Path) -> dict[str, float]:
+    """Peak RSS of the server during a live `phibox push` of the same model, once with room for two
+    models (side by side) and once under a budget of its steady RSS + 64 MB (drain: at Phi-3-mini
+    shape that is below the unit's MemoryMax=6G), next to its steady RSS after an answer."""
+    import os
+
+    pub, (v1, v2, v3) = signed_gguf_bundles(bundle, scratch, (1, 2, 3))
+    state, token = scratch / "state", scratch / "push.token"
+    _phibox("bundle", "trust", str(pub), "--state", str(state))
+    _phibox("bundle", "install", str(v1), "--state", str(state), "--skip-health-check")
+    _phibox("admin", "new-token", "--state", str(state), "--out", str(token))
+    out: dict[str, float] = {}
+    for way, new in (("side_by_side", v2), ("drain", v3)):
+        budget = "0" if way == "side_by_side" else str(int(out["steady_mb"]) + 64)
+        os.environ["PHIBOX_MEMORY_BUDGET_MB"] = budget
+        try:
+            proc, port = start_server(["--state", str(state)], "gguf", threads)
+        finally:
+            del os.environ["PHIBOX_MEMORY_BUDGET_MB"]
+        try:
+            api_first_token_ms(port, f"phibox-{json.loads((bundle / 'manifest.json').read_text())['name']}",
+                               RAG_QUESTIONS[0])
+            out["steady_mb"] = max(out.get("steady_mb", 0.0), _rss_mb(proc.pid))
+            _phibox("push", str(new), "--to", f"http://127.0.0.1:{port}", "--token-file", str(token))
+        finally:
+            stop_server(proc)
+        events = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
+        switched = next(e for e in reversed(events) if e["event"] == "model_switched")
+        assert switched["way"] == way, switched
+        out[f"{way}_peak_mb"] = float(switched["peak_rss_mb"])
+        out[f"{way}_estimate_mb"] = float(switched["estimate_mb"])
+    return out
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")

@@ -85,6 +85,13 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         cold, warm = bench.ttft(where, f"phibox-{name}", args.threads, 2 if args.phi3_mini_shape else 5, Path(scratch))
     table.row("time to first token, reused system-prompt prefix vs none", warm, cold, "ms", "client side, RAG")
+    print("peak RSS of the server during a live bundle switch ...", flush=True)
+    with tempfile.TemporaryDirectory(dir=args.out.resolve().parent) as scratch:
+        peaks = bench.activation_peaks(bundle, args.threads, Path(scratch))
+    table.row("server peak RSS during a live switch, side by side vs steady", peaks["side_by_side_peak_mb"],
+              peaks["steady_mb"], "MB", f"estimate {peaks['side_by_side_estimate_mb']:.0f} MB for the new model")
+    table.row("server peak RSS during a live switch, drain (budget steady+64 MB) vs steady", peaks["drain_peak_mb"],
+              peaks["steady_mb"], "MB", "the answer under way finishes first; questions meanwhile get passages")
     for n in (int(s) for s in args.sizes.split(",")):
         print(f"retrieval over {n} chunks ...", flush=True)
         r = bench.retrieval(n)
