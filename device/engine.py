@@ -31,6 +31,8 @@ from phibox.device.runtime.slot import ModelSlot, NoModelError
 from phibox.device.runtime.worker import GenerationWorker, GenStats, Job, QueueFullError
 
 NOT_COVERED = "The manuals on this device do not cover that question. Try other words, or ask a colleague."
+NO_MANUALS = ("No manuals are indexed on this device yet, so there is nothing to answer from. An admin adds them "
+              "in /admin or with `phibox ingest`.")
 _CITE = re.compile(r"\[(\d+)\]")
 
 
@@ -111,8 +113,10 @@ def parse_citations(text: str, n_passages: int) -> list[int]:
 class Answering:
     """One question on its way: the passages now, the answer as the worker produces it."""
 
-    def __init__(self, passages: list[Hit], timings: Timings, started: float, job: Job | None) -> None:
+    def __init__(self, passages: list[Hit], timings: Timings, started: float, job: Job | None,
+                 not_covered: str = NOT_COVERED) -> None:
         self.passages, self.timings, self.started, self.job = passages, timings, started, job
+        self.not_covered = not_covered
 
     @property
     def covered(self) -> bool:
@@ -127,9 +131,9 @@ class Answering:
         Leaving early, for any reason (a client gone, Ctrl-C), cancels the generation."""
         yield Event("passages", self.passages)
         if self.job is None:
-            yield Event("token", NOT_COVERED)
+            yield Event("token", self.not_covered)
             self.timings.total_ms = _ms_since(self.started)
-            yield Event("done", Answer(NOT_COVERED, False, [], [], self.timings))
+            yield Event("done", Answer(self.not_covered, False, [], [], self.timings))
             return
         try:
             for kind, data in self.job.stream(keepalive_s):
@@ -193,6 +197,8 @@ class Engine:
         """Retrieve, fit the prompt and queue the generation; Unavailable carries the passages."""
         opts = options or Options()
         started = time.perf_counter()
+        if not self.documents.exists():  # a fresh device: say so, rather than "not covered" or an error
+            return Answering([], Timings(), started, None, NO_MANUALS)
         result = self.search(question)
         timings = Timings(retrieval_ms=round(result.retrieval_ms, 2))
         if not result.hits:

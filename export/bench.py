@@ -274,8 +274,8 @@ def activation_peaks(bundle: Path, threads: int, scratch: Path) -> dict[str, flo
         finally:
             del os.environ["PHIBOX_MEMORY_BUDGET_MB"]
         try:
-            api_first_token_ms(port, f"phibox-{json.loads((bundle / 'manifest.json').read_text())['name']}",
-                               RAG_QUESTIONS[0])
+            name = json.loads((bundle / "manifest.json").read_text())["name"]
+            api_first_token_ms(port, f"phibox-{name}-norag", QUESTION)  # one answer: the KV cache is in use
             out["steady_mb"] = max(out.get("steady_mb", 0.0), _rss_mb(proc.pid))
             _phibox("push", str(new), "--to", f"http://127.0.0.1:{port}", "--token-file", str(token))
         finally:

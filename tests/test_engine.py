@@ -236,3 +236,14 @@ def test_a_live_switch_drains_when_the_new_model_does_not_fit(budget_mb: int, in
         assert after[-1].kind == "done" and after[-1].data.covered
     finally:
         service.close()
+
+
+def test_a_device_without_manuals_says_so(tmp_path: Path, tiny_bundle_dir: Path) -> None:
+    service = DeviceService(tiny_bundle_dir, tmp_path / "documents.db", EngineConfig(), Metrics())
+    service.start(background=False)
+    try:
+        stream = create_app(service, ServeConfig()).test_client().post(
+            "/api/ask", json={"question": QUESTION}).get_data(as_text=True)
+    finally:
+        service.close()
+    assert "No manuals are indexed on this device yet" in stream and '"covered": false' in stream
