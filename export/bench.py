@@ -132,9 +132,10 @@ def stop_server(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
-def peak_rss_mb(pid: int) -> float:
+def status_mb(pid: int, field: str = "VmHWM") -> float:
+    """A memory field of /proc/PID/status in MB: VmHWM (peak RSS) or VmRSS (now)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -276,7 +277,7 @@ def activation_peaks(bundle: Path, threads: int, scratch: Path) -> dict[str, flo
         try:
             name = json.loads((bundle / "manifest.json").read_text())["name"]
             api_first_token_ms(port, f"phibox-{name}-norag", QUESTION)  # one answer: the KV cache is in use
-            out["steady_mb"] = max(out.get("steady_mb", 0.0), _rss_mb(proc.pid))
+            out["steady_mb"] = max(out.get("steady_mb", 0.0), status_mb(proc.pid, "VmRSS"))
             _phibox("push", str(new), "--to", f"http://127.0.0.1:{port}", "--token-file", str(token))
         finally:
             stop_server(proc)
@@ -286,10 +287,3 @@ def activation_peaks(bundle: Path, threads: int, scratch: Path) -> dict[str, flo
         out[f"{way}_peak_mb"] = float(switched["peak_rss_mb"])
         out[f"{way}_estimate_mb"] = float(switched["estimate_mb"])
     return out
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")

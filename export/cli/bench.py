@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         proc, port = bench.start_server(where, backend, args.threads)
         try:
             api = statistics.median(bench.api_decode(port, f"phibox-{name}-norag", args.tokens) for _ in range(3))
-            rss = bench.peak_rss_mb(proc.pid)
+            rss = bench.status_mb(proc.pid)
         finally:
             bench.stop_server(proc)
         if backend == "gguf":
