@@ -247,3 +247,26 @@ def test_a_device_without_manuals_says_so(tmp_path: Path, tiny_bundle_dir: Path)
     finally:
         service.close()
     assert "No manuals are indexed on this device yet" in stream and '"covered": false' in stream
+
+
+@pytest.mark.parametrize(("layout", "expected"), [
+    ({"proc": "0::/system.slice/phibox.service\n", "system.slice/phibox.service/memory.max": "6442450944",
+      "system.slice/phibox.service/memory.current": "5905580032"}, 536870912),
+    ({"proc": "0::/system.slice/phibox.service\n", "system.slice/phibox.service/memory.max": "max",
+      "system.slice/phibox.service/memory.current": "5905580032"}, None),
+    ({"proc": "4:memory:/system.slice/phibox.service\n0::/\n",
+      "memory/system.slice/phibox.service/memory.limit_in_bytes": "6442450944",
+      "memory/system.slice/phibox.service/memory.usage_in_bytes": "6000000000"}, 442450944),
+    ({"proc": "4:memory:/x\n", "memory/x/memory.limit_in_bytes": "9223372036854771712",
+      "memory/x/memory.usage_in_bytes": "1"}, None),
+])
+def test_the_room_a_unit_leaves_is_read_from_its_cgroup(layout: dict[str, str], expected, tmp_path: Path) -> None:
+    """MemoryMax=6G as systemd writes it on cgroup v2 and v1: the room is the limit minus the usage."""
+    from phibox.device.lifecycle.memory import cgroup_room
+
+    (tmp_path / "proc").write_text(layout["proc"])
+    for rel, text in layout.items():
+        if rel != "proc":
+            (tmp_path / "cg" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "cg" / rel).write_text(text + "\n")
+    assert cgroup_room(tmp_path / "proc", tmp_path / "cg") == expected

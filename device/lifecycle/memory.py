@@ -102,18 +102,30 @@ def _meminfo_available() -> int:
     return 0
 
 
-def _cgroup_room() -> int | None:
-    """memory.max minus memory.current of this process's cgroup (v2), or None without a limit."""
+def cgroup_room(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The memory this process's cgroup still allows (limit minus usage), or None without a limit.
+    cgroup v2 (memory.max, memory.current) and v1 (memory.limit_in_bytes, memory.usage_in_bytes)."""
     try:
-        rel = next(line.split("::", 1)[1] for line in Path("/proc/self/cgroup").read_text().splitlines()
-                   if line.startswith("0::"))
-        folder = Path("/sys/fs/cgroup") / rel.strip().lstrip("/")
-        limit = (folder / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return int(limit) - int((folder / "memory.current").read_text().strip())
-    except (OSError, StopIteration, ValueError):
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
         return None
+    v1 = next((line.split(":", 2)[2] for line in lines if line.split(":", 2)[1:2] == ["memory"]), None)
+    if v1 is not None:
+        folder, limit_file, usage_file = root / "memory" / v1.lstrip("/"), "memory.limit_in_bytes", \
+            "memory.usage_in_bytes"
+    else:
+        v2 = next((line.split("::", 1)[1] for line in lines if line.startswith("0::")), None)
+        if v2 is None:
+            return None
+        folder, limit_file, usage_file = root / v2.lstrip("/"), "memory.max", "memory.current"
+    try:
+        limit = (folder / limit_file).read_text().strip()
+        usage = int((folder / usage_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if limit == "max" or int(limit) >= 1 << 60:  # v1 writes "no limit" as a huge number
+        return None
+    return int(limit) - usage
 
 
 def available_bytes(budget_mb: int, rss_bytes: int) -> int:
@@ -121,7 +133,7 @@ def available_bytes(budget_mb: int, rss_bytes: int) -> int:
     MemAvailable and the cgroup's room."""
     if budget_mb > 0:
         return max(0, (budget_mb << 20) - rss_bytes)
-    room = _cgroup_room()
+    room = cgroup_room()
     free = _meminfo_available()
     return free if room is None else min(free, room)
 
