@@ -57,6 +57,9 @@ class DeviceService:
         self.reembedding = threading.Event()
         self.ingest_status: dict[str, object] = {"running": False, "done": 0, "total": 0, "file": "",
                                                  "message": ""}
+        self.reindex_lock = threading.Lock()
+        self.reindex_again = False
+        """A re-index asked for while one runs: one more run follows."""
         self.state = "loading"
         self.error = ""
         self.started_at = time.time()
@@ -186,26 +189,40 @@ class DeviceService:
 
     # --- documents (admin area) --------------------------------------------------------------
     def reindex(self, folder: Path) -> None:
-        """Ingest folder (pruning vanished files) with the active embedder; progress in ingest_status."""
+        """Ingest folder (pruning vanished files) with the active embedder; progress in ingest_status.
+        Asked again while a run is under way (a second upload), it queues one more run instead of
+        refusing, so every uploaded manual gets indexed."""
         status = self.ingest_status
-        embedder = self.engine.embedder
-        if embedder is None:
+        if self.engine.embedder is None:
             status["message"] = "the embedder is still loading; try again in a few seconds"
             return
-        status.update(running=True, done=0, total=0, file="", message="")
+        with self.reindex_lock:
+            if status["running"]:
+                self.reindex_again = True
+                status["message"] = "queued: indexing again when the current run ends"
+                return
+            status.update(running=True, done=0, total=0, file="", message="")
+        while True:
+            self._reindex_once(folder)
+            with self.reindex_lock:
+                if not self.reindex_again:
+                    status["running"] = False
+                    return
+                self.reindex_again = False
+
+    def _reindex_once(self, folder: Path) -> None:
+        status = self.ingest_status
 
         def on_file(done: int, total: int, name: str) -> None:
             status.update(done=done, total=total, file=name)
 
-        try:
-            report = self.documents.ingest([folder], embedder, self.cfg, prune=True, wait=False, on_file=on_file)
+        try:  # waits for another writer (a `phibox ingest` on the shell) rather than dropping the run
+            report = self.documents.ingest([folder], self.engine.embedder, self.cfg, prune=True, on_file=on_file)
             status.update(done=status["total"], message=f"added {len(report.added)}, updated {len(report.updated)}, "
                           f"removed {len(report.pruned)}, failed {len(report.failed)}")
             self.record_event("reindexed", added=len(report.added), failed=[f for f, _ in report.failed])
         except Exception as exc:  # reported to the admin page, the server keeps serving
             status["message"] = f"indexing failed: {type(exc).__name__}: {exc}"
-        finally:
-            status["running"] = False
 
     def delete_document(self, path: str) -> None:
         if not path:

@@ -270,3 +270,27 @@ def test_the_room_a_unit_leaves_is_read_from_its_cgroup(layout: dict[str, str], 
             (tmp_path / "cg" / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / "cg" / rel).write_text(text + "\n")
     assert cgroup_room(tmp_path / "proc", tmp_path / "cg") == expected
+
+
+def test_a_manual_uploaded_during_a_reindex_is_indexed_by_a_queued_run(tmp_path: Path, tiny_bundle_dir: Path) -> None:
+    manuals = tmp_path / "manuals"
+    manuals.mkdir()
+    (manuals / "first.md").write_text("# Boiler B-1\n\nThe boiler B-1 relief valve opens at 6 bar.\n")
+    service = DeviceService(tiny_bundle_dir, tmp_path / "documents.db", EngineConfig(), Metrics())
+    service.start(background=False)
+    try:
+        with service.documents.writer_lock():  # another writer holds the index: the first run waits
+            first = threading.Thread(target=service.reindex, args=(manuals,))
+            first.start()
+            deadline = time.monotonic() + 30
+            while not service.ingest_status["running"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            (manuals / "second.md").write_text("# Chiller C-2\n\nThe chiller C-2 compressor trips at 28 bar.\n")
+            service.reindex(manuals)  # the second upload's re-index: queued, not refused
+            assert "queued" in service.ingest_status["message"]
+        first.join(60)
+        assert not service.ingest_status["running"]
+        assert {d["source"] for d in service.documents.listing()} == {"first.md", "second.md"}
+    finally:
+        service.close()
