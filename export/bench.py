@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import statistics
 import struct
@@ -104,16 +105,17 @@ def api_first_token_ms(port: int, model: str, question: str) -> float:
     return (first - sent) * 1000
 
 
-def start_server(where: list[str], backend: str, threads: int, config: Path | None = None
-                 ) -> tuple[subprocess.Popen, int]:
-    """`phibox serve` on a free loopback port, once /healthz says ready."""
+def start_server(where: list[str], backend: str, threads: int, config: Path | None = None,
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    """`phibox serve` on a free loopback port (extra environment in env), once /healthz says ready."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     extra = ["--config", str(config)] if config else []
     proc = subprocess.Popen([sys.executable, "-m", "phibox.device.cli", "serve", *where, "--port", str(port),
                              "--backend", backend, "--threads", str(threads), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=None if env is None else {**os.environ, **env})
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
@@ -259,8 +261,6 @@ def activation_peaks(bundle: Path, threads: int, scratch: Path) -> dict[str, flo
     """Peak RSS of the server during a live `phibox push` of the same model, once with room for two
     models (side by side) and once under a budget of its steady RSS + 64 MB (drain: at Phi-3-mini
     shape that is below the unit's MemoryMax=6G), next to its steady RSS after an answer."""
-    import os
-
     pub, (v1, v2, v3) = signed_gguf_bundles(bundle, scratch, (1, 2, 3))
     state, token = scratch / "state", scratch / "push.token"
     _phibox("bundle", "trust", str(pub), "--state", str(state))
@@ -269,11 +269,8 @@ def activation_peaks(bundle: Path, threads: int, scratch: Path) -> dict[str, flo
     out: dict[str, float] = {}
     for way, new in (("side_by_side", v2), ("drain", v3)):
         budget = "0" if way == "side_by_side" else str(int(out["steady_mb"]) + 64)
-        os.environ["PHIBOX_MEMORY_BUDGET_MB"] = budget
-        try:
-            proc, port = start_server(["--state", str(state)], "gguf", threads)
-        finally:
-            del os.environ["PHIBOX_MEMORY_BUDGET_MB"]
+        proc, port = start_server(["--state", str(state)], "gguf", threads,
+                                  env={"PHIBOX_MEMORY_BUDGET_MB": budget})
         try:
             name = json.loads((bundle / "manifest.json").read_text())["name"]
             api_first_token_ms(port, f"phibox-{name}-norag", QUESTION)  # one answer: the KV cache is in use

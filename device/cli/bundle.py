@@ -80,7 +80,6 @@ def _device_action(args: argparse.Namespace) -> int:
     from phibox.device.config import EngineConfig
     from phibox.device.lifecycle import installer
     from phibox.device.lifecycle.health import check_bundle
-    from phibox.device.lifecycle.state import StateDir
 
     state = StateDir(args.state or paths.state_dir()).init()
     cfg = EngineConfig()
