@@ -57,6 +57,27 @@ def indexed(tiny_bundle_dir: Path, tmp_path_factory) -> Path:
     return folder / "documents.db"
 
 
+def test_a_job_queued_before_a_drain_waits_for_the_next_model(tiny_bundle_dir: Path) -> None:
+    slot = ModelSlot()
+    got: list[object] = []
+
+    def job() -> None:
+        with slot.acquire(wait_s=30) as backend:
+            got.append(backend)
+
+    waiting = threading.Thread(target=job)
+    waiting.start()  # the slot is empty: a drained switch is loading the next model
+    time.sleep(0.2)
+    new = CountingLlama(tiny_bundle_dir / "model" / "phi3-q4_k_m.gguf")
+    slot.replace(new)
+    waiting.join(30)
+    assert got == [new]
+    slot.close()
+    with pytest.raises(NoModelError):
+        with slot.acquire(wait_s=0.1):
+            pass
+
+
 def test_a_replaced_model_finishes_the_answer_holding_it_and_closes_once_after(indexed: Path,
                                                                                 tiny_bundle_dir: Path) -> None:
     gguf = tiny_bundle_dir / "model" / "phi3-q4_k_m.gguf"
@@ -211,7 +232,7 @@ def test_a_live_switch_drains_when_the_new_model_does_not_fit(budget_mb: int, in
         answering = threading.Thread(target=long_answer)
         answering.start()
         deadline = time.monotonic() + 60
-        while service.slot.users() == 0:
+        while not service.worker.busy.is_set():  # the answer is generating on the old model
             assert time.monotonic() < deadline
             time.sleep(0.01)
         switching = threading.Thread(target=switch)

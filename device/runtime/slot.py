@@ -49,9 +49,12 @@ class ModelSlot:
             return 0 if self._entry is None else self._entry.users
 
     @contextmanager
-    def acquire(self) -> Iterator[Backend]:
-        """The current model, held until the block ends; NoModelError if the slot is empty."""
+    def acquire(self, wait_s: float = 0.0) -> Iterator[Backend]:
+        """The current model, held until the block ends. An empty slot is NoModelError, after waiting
+        up to wait_s for a model to be put in (a drained switch is loading the next one)."""
         with self._lock:
+            if self._entry is None and wait_s > 0:
+                self._released.wait_for(lambda: self._entry is not None, timeout=wait_s)
             entry = self._entry
             if entry is None:
                 raise NoModelError("no model is loaded")
@@ -66,6 +69,7 @@ class ModelSlot:
         with self._lock:
             old, self._entry = self._entry, (None if backend is None else _Entry(backend))
             close_now = old is not None and self._retire(old)
+            self._released.notify_all()  # jobs waiting for a model
         if close_now:
             self._close(old)
 

@@ -22,6 +22,10 @@ from phibox.device.observe import Observer
 from phibox.device.runtime.backend import Backend
 from phibox.device.runtime.slot import ModelSlot
 
+MODEL_WAIT_S = 60.0
+"""How long a queued job waits for a model being switched in (loading Phi-3-mini takes seconds);
+well under the unit's WatchdogSec, since the worker's heartbeat pauses meanwhile."""
+
 
 class QueueFullError(PhiboxError):
     """Every place in the generation queue is taken."""
@@ -123,7 +127,8 @@ class GenerationWorker:
                 self.observer.generating(False)
 
     def _run(self, job: Job) -> None:
-        with self.slot.acquire() as backend:
+        # A job queued just before a drained switch waits for the new model rather than failing.
+        with self.slot.acquire(wait_s=MODEL_WAIT_S) as backend:
             self._generate(job, backend)
 
     def _generate(self, job: Job, backend: Backend) -> None:
