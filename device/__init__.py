@@ -11,7 +11,7 @@ pyproject.toml's [tool.importlinter] and `make lint`):
     documents.py the one owner (and only writer) of documents.db, one writer across processes
     rag/         SQLite + sqlite-vec store, readers, chunking, embedder, ingestion, retrieval, budget, eval
     runtime/     backend protocol, llama.cpp, onnxruntime-genai, loader, generation worker, model slot
-    contracts    prompt, bundle, errors, fsutil, paths, provenance, config, installed, observe
+    contracts    prompt, bundle, errors, fsutil, paths, provenance, config, installed, observe, faults
 
 engine and lifecycle do not import each other, nor do rag and runtime. export/ and train/ may use
 the contracts (and rag.embedder, the embedder contract) and nothing else of the device.

@@ -6,29 +6,29 @@ prebuilt index (in place: the device's own manuals stay) all take the writer loc
 ingest` on the shell while the server re-indexes waits, or is told the index is busy) and across
 threads alike.
 
-Readers (every search) use one long-lived read-only connection per thread, with sqlite-vec loaded
-once; a connection notices when the file was replaced (a re-embed swaps the file whole) and
-reopens on the new one.
+Nothing replaces the file under open connections: a re-embed builds the new vectors beside the old
+ones and switches in one transaction (rag/store.py), a bundle's index is merged document by
+document. Readers (every search) use one long-lived read-only connection per thread, with
+sqlite-vec loaded once; a connection reopens if the file was replaced from outside (a restore).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 
 from phibox.device.config import EngineConfig
 from phibox.device.errors import PhiboxError
-from phibox.device.fsutil import fsync_dir, fsync_file
+from phibox.device.faults import pause_at
 from phibox.device.rag import db
 from phibox.device.rag.embedder import OnnxEmbedder
-from phibox.device.rag.ingest import IngestReport, fill_missing_vectors, ingest
+from phibox.device.rag.ingest import IngestReport, ingest, reembed_all
 from phibox.device.rag.store import ChunkRow, DocumentStore
 
 BUNDLE_PREFIX = "bundle:"
@@ -36,11 +36,9 @@ BUNDLE_PREFIX = "bundle:"
 
 
 def _read_chunks(store: DocumentStore, doc_id: int) -> tuple[list[ChunkRow], np.ndarray]:
-    rows = store.conn.execute(
-        "SELECT c.heading, c.page, c.text, c.tokens, v.embedding FROM chunks c JOIN chunk_vec v ON v.rowid = c.id "
-        "WHERE c.document_id = ? ORDER BY c.position", (doc_id,)).fetchall()
-    chunks = [ChunkRow(heading, page, text, tokens) for heading, page, text, tokens, _ in rows]
-    vectors = np.stack([np.frombuffer(blob, dtype=np.float32) for *_, blob in rows]) if rows else np.zeros((0, 1))
+    rows = store.vectors_of(doc_id)
+    chunks = [chunk for chunk, _ in rows]
+    vectors = np.stack([np.frombuffer(blob, dtype=np.float32) for _, blob in rows]) if rows else np.zeros((0, 1))
     return chunks, vectors
 
 
@@ -98,32 +96,18 @@ class Documents:
             store.delete_document(path)
 
     def reembed(self, embedder: OnnxEmbedder, cfg: EngineConfig) -> int:
-        """Rebuild every vector with embedder in a copy, then swap the copy in: searches keep the
-        old file (keyword search) until the new one is complete. Returns the chunks embedded."""
-        tmp = self.path.with_name(self.path.name + ".reembed")
-        with self.writer_lock():
-            try:
-                tmp.unlink(missing_ok=True)
-                source, target = db.connect(self.path), db.connect(tmp)
-                source.backup(target)
-                source.close()
-                target.close()
-                store = DocumentStore.open(tmp)
-                try:
-                    store.bind_embedder(embedder.spec, reembed=True)
-                    n = fill_missing_vectors(store, embedder, cfg, progress=False)
-                finally:
-                    store.close()
-                self._replace_with(tmp)
-            finally:
-                tmp.unlink(missing_ok=True)
-        return n
+        """Rebuild every vector with embedder beside the old ones, switched to in one transaction:
+        searches use the old vectors (keyword search, for a new embedder) until it commits.
+        Returns the chunks embedded."""
+        with self.writing() as store:
+            return reembed_all(store, embedder, cfg, progress=False)
 
     def adopt(self, prebuilt: Path, embedder: OnnxEmbedder, cfg: EngineConfig) -> dict[str, int]:
         """Merge a bundle's prebuilt index (made with embedder) into this database, in place: each of
         its documents replaces the documents of the same source; documents of an earlier bundle that
-        this one no longer has go; the device's own manuals (ingested here, e.g. from /admin) stay,
-        re-embedded when the bundle brings another embedder. One transaction per document."""
+        this one no longer has go; the device's own manuals (ingested here, e.g. from /admin) stay.
+        One transaction per document; one transaction for all of it when the bundle brings another
+        embedder (the device's own manuals are re-embedded inside it, so no search sees a mix)."""
         bundle = DocumentStore.open(prebuilt, readonly=True)
         try:
             if bundle.embedder() != (embedder.spec.id, embedder.spec.dim):
@@ -131,16 +115,19 @@ class Documents:
                                   f"embedder {embedder.spec.id}: rebuild the bundle with `phibox export --docs`")
             docs = bundle.conn.execute("SELECT id, source, title, content_sha256, ingested_at FROM documents "
                                        "ORDER BY source").fetchall()
+            sources = {source for _, source, *_ in docs}
             with self.writing() as store:
-                reembedded = store.bind_embedder(embedder.spec, reembed=True)
-                sources = {source for _, source, *_ in docs}
-                for path, source in store.conn.execute("SELECT path, source FROM documents").fetchall():
-                    if source in sources or (path.startswith(BUNDLE_PREFIX) and source not in sources):
-                        store.delete_document(path)
-                for doc_id, source, title, sha, at in docs:
-                    chunks, vectors = _read_chunks(bundle, doc_id)
-                    store.replace_document(BUNDLE_PREFIX + source, source, title, sha, at, chunks, vectors)
-                own = fill_missing_vectors(store, embedder, cfg, progress=False) if reembedded else 0
+                new_embedder = store.embedder() not in (None, bundle.embedder())
+                with store.transaction() if new_embedder else nullcontext():
+                    for path, source in store.conn.execute("SELECT path, source FROM documents").fetchall():
+                        shipped_again = source in sources
+                        if shipped_again != path.startswith(BUNDLE_PREFIX):  # bundle docs are replaced in place
+                            store.delete_document(path)
+                    own = reembed_all(store, embedder, cfg, progress=False)
+                    for doc_id, source, title, sha, at in docs:
+                        chunks, vectors = _read_chunks(bundle, doc_id)
+                        store.replace_document(BUNDLE_PREFIX + source, source, title, sha, at, chunks, vectors)
+                        pause_at("adopt")
                 return {"bundle_documents": len(docs), "reembedded_chunks": own}
         finally:
             bundle.close()
@@ -156,19 +143,6 @@ class Documents:
             finally:
                 conn.close()
         self.lock_path.unlink(missing_ok=True)  # nothing beside the file: it is shipped, not written
-
-    def _replace_with(self, source: Path) -> None:
-        if self.path.is_file():  # the old file's WAL goes into it first; the new file starts its own
-            conn = db.connect(self.path)
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            conn.close()
-        staging = self.path.with_name(self.path.name + ".incoming")
-        shutil.copyfile(source, staging)
-        fsync_file(staging)
-        for suffix in ("-wal", "-shm"):
-            Path(str(self.path) + suffix).unlink(missing_ok=True)
-        os.replace(staging, self.path)
-        fsync_dir(self.path.parent)
 
     # --- reading: one long-lived connection per thread ---------------------------------------
     def exists(self) -> bool:

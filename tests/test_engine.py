@@ -156,7 +156,11 @@ def test_searches_keep_one_connection_per_thread_and_follow_a_replaced_file(inde
         thread.join()
         assert other[0] is not first  # another thread: its own connection
         assert documents.counts()["documents"] == 1
-        documents.reembed(embedder, EngineConfig())  # a re-embed swaps the file whole
+        inode = db.stat().st_ino
+        for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            leftover.unlink(missing_ok=True)  # replaced from outside (a restore): readers follow the new file
+        documents.ingest([tmp_path / "one"], embedder, EngineConfig())
+        assert db.stat().st_ino != inode
         assert documents.reader() is not first
         assert documents.counts()["documents"] == 1
         assert {d["source"] for d in documents.listing()} == {"only.md"}

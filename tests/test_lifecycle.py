@@ -16,6 +16,7 @@ from bundle_kit import member, resign, tamper
 from phibox.device import bundle
 from phibox.device.cli.main import main
 from phibox.device.config import EngineConfig
+from phibox.device.faults import PAUSE_ENV
 from phibox.device.lifecycle import installer
 from phibox.device.lifecycle.health import check_bundle
 from phibox.device.lifecycle.state import StateDir
@@ -124,7 +125,7 @@ def install_paused_at(stage: str, bundle_file: Path, state: StateDir) -> subproc
     """`phibox bundle install` (with its health check) in another process, stopped at stage."""
     cmd = [sys.executable, "-m", "phibox.device.cli", "bundle", "install", str(bundle_file), "--state", str(state.root)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, installer.PAUSE_ENV: stage, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, PAUSE_ENV: stage, "PYTHONUNBUFFERED": "1"})
     line = proc.stdout.readline().decode()
     assert line.strip() == f"paused at {stage}", line + proc.stdout.read().decode()
     return proc

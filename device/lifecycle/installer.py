@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import tarfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,12 +40,10 @@ from phibox.device.bundle import (
     version_tuple,
 )
 from phibox.device.errors import PhiboxError
+from phibox.device.faults import pause_at
 from phibox.device.fsutil import fsync_dir
 from phibox.device.lifecycle.bundle_tar import _read_small, listed_members
 from phibox.device.lifecycle.state import StateDir
-
-PAUSE_ENV = "PHIBOX_INSTALL_PAUSE"
-"""Fault-injection hook for the crash tests: the installer stops at that stage and waits to be killed."""
 
 
 class InstallError(PhiboxError):
@@ -90,12 +87,6 @@ HealthCheck = Callable[[Path], None]
 """Raises if the bundle in that folder cannot serve (model loads, generates, retrieval answers)."""
 
 
-def _pause(stage: str) -> None:
-    if os.environ.get(PAUSE_ENV) == stage:
-        print(f"paused at {stage}", flush=True)
-        time.sleep(3600)
-
-
 def check_disk(state: StateDir, needed: int) -> None:
     free = shutil.disk_usage(state.root).free
     if free < needed * 1.05 + (64 << 20):
@@ -133,7 +124,7 @@ def unpack(path: Path, state: StateDir, *, allow_downgrade: bool = False) -> tup
     (staging / MANIFEST).write_bytes(manifest_bytes)
     (staging / SIGNATURE).write_bytes(sig_bytes)
     fsync_dir(staging)
-    _pause("unpacked")
+    pause_at("unpacked")
     final = state.bundle_dir(manifest.version)
     if final.exists():
         shutil.rmtree(final)
@@ -152,7 +143,7 @@ def _extract_listed(tar: tarfile.TarFile, manifest: Manifest, staging: Path, pat
                 digest.update(chunk)  # the bytes actually written, never re-read
                 out.write(chunk)
                 size += len(chunk)
-                _pause("unpacking")
+                pause_at("unpacking")
             out.flush()
             os.fsync(out.fileno())
         if size != entry.size or digest.hexdigest() != entry.sha256:
@@ -196,7 +187,7 @@ def _check_then_swap(state: StateDir, version: int, previous: int | None, health
                      reason: str) -> None:
     """Health-check bundles/<version>, then swap `current` to it. Caller holds the install lock."""
     if health_check is not None:
-        _pause("health_check")
+        pause_at("health_check")
         try:
             health_check(state.bundle_dir(version))
         except Exception as exc:  # whatever breaks the new bundle, the active one stays
@@ -207,8 +198,8 @@ def _check_then_swap(state: StateDir, version: int, previous: int | None, health
             raise InstallError(f"version {version} failed its health check ({exc}); "
                                f"{f'version {previous} stays active' if previous else 'no bundle is active'}"
                                ) from exc
-    _pause("before_swap")
+    pause_at("before_swap")
     state.activate(version)
-    _pause("after_swap")
+    pause_at("after_swap")
     state.record("activated", version=version, previous=previous, reason=reason,
                  health="checked" if health_check is not None else "skipped")

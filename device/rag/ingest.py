@@ -17,7 +17,7 @@ from phibox.device.provenance import utc_now
 from phibox.device.rag.chunking import chunk_sections
 from phibox.device.rag.embedder import OnnxEmbedder
 from phibox.device.rag.readers import EXTENSIONS, UnreadableDocument, read_document
-from phibox.device.rag.store import DocumentStore
+from phibox.device.rag.store import ChunkText, DocumentStore
 
 
 @dataclass
@@ -55,8 +55,10 @@ def ingest(paths: Iterable[Path], store: DocumentStore, embedder: OnnxEmbedder, 
     from tqdm.auto import tqdm
 
     report = IngestReport()
-    store.bind_embedder(embedder.spec, reembed=reembed)
-    report.reembedded = fill_missing_vectors(store, embedder, cfg, progress)
+    if reembed:
+        report.reembedded = reembed_all(store, embedder, cfg, progress)
+    else:
+        store.bind_embedder(embedder.spec)
     files = discover(paths)
     bar = tqdm(total=len(files), unit="file", desc="ingest", disable=not progress, dynamic_ncols=True)
     for done, (path, root) in enumerate(files):
@@ -103,17 +105,27 @@ def _embed_text(title: str, heading: str, text: str) -> str:
     return f"{context}\n{text}" if context else text
 
 
-def fill_missing_vectors(store: DocumentStore, embedder: OnnxEmbedder, cfg: EngineConfig, progress: bool) -> int:
-    """Embed chunks that have no vector (after --reembed, or an interrupted rebuild)."""
+def reembed_all(store: DocumentStore, embedder: OnnxEmbedder, cfg: EngineConfig, progress: bool) -> int:
+    """Every chunk's vector from embedder, built beside the old ones and switched to in one transaction
+    (searches keep the old vectors until then). Returns the chunks embedded (0: already embedder's)."""
     from tqdm.auto import tqdm
 
-    missing = store.chunks_without_vectors()
-    step = 256
-    for start in tqdm(range(0, len(missing), step), desc="re-embed", unit="batch", disable=not progress or not missing):
-        batch = missing[start : start + step]
-        texts = [_embed_text(title, heading, text) for _, title, heading, text in batch]
-        store.put_vectors([row[0] for row in batch], embedder.embed(texts, cfg.embed_batch))
-    return len(missing)
+    if store.embedder() is None:
+        store.bind_embedder(embedder.spec)
+        return 0
+    bar = tqdm(desc="re-embed", unit="chunk", disable=not progress, dynamic_ncols=True)
+
+    def embed(rows: list[ChunkText]):
+        return embedder.embed([_embed_text(title, heading, text) for _, title, heading, text in rows], cfg.embed_batch)
+
+    def advance(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        return store.switch_embedder(embedder.spec, embed, on_batch=advance)
+    finally:
+        bar.close()
 
 
 def _prune(store: DocumentStore, files: list[tuple[Path, Path]], roots: list[Path]) -> list[str]:

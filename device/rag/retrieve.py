@@ -62,6 +62,13 @@ def search(store: DocumentStore, embedder: OnnxEmbedder | None, question: str, c
            keyword_only: bool = False) -> SearchResult:
     """Hybrid search; keyword_only (no embedder, or vectors being rebuilt for a new one) uses FTS5 alone."""
     started = time.perf_counter()
+    with store.snapshot():  # one view of the index, even while an embedder switch commits
+        hits = _search(store, embedder, question, cfg, keyword_only)
+    return SearchResult(hits, (time.perf_counter() - started) * 1000)
+
+
+def _search(store: DocumentStore, embedder: OnnxEmbedder | None, question: str, cfg: EngineConfig,
+            keyword_only: bool) -> list[Hit]:
     conn = store.conn
     vec_rows: list[tuple[int, float]] = []
     if not keyword_only:
@@ -70,7 +77,7 @@ def search(store: DocumentStore, embedder: OnnxEmbedder | None, question: str, c
         store.check_embedder(embedder.spec)
         vector = embedder.embed([question])[0]
         vec_rows = conn.execute(
-            "SELECT rowid, distance FROM chunk_vec WHERE embedding MATCH ? AND k = ? ORDER BY distance",
+            f"SELECT rowid, distance FROM {store.vec_table()} WHERE embedding MATCH ? AND k = ? ORDER BY distance",
             (pack(vector), cfg.candidates)).fetchall()
     query = fts_query(question)
     fts_rows = conn.execute(
@@ -85,8 +92,7 @@ def search(store: DocumentStore, embedder: OnnxEmbedder | None, question: str, c
     for rank, (rowid, _) in enumerate(fts_rows, start=1):
         fused[int(rowid)] = fused.get(int(rowid), 0.0) + cfg.keyword_weight / (cfg.rrf_k + rank)
     best = sorted(fused.items(), key=lambda kv: kv[1], reverse=True)[: cfg.k]
-    hits = [_hit(store, cid, score, similarity.get(cid), bm25.get(cid)) for cid, score in best]
-    return SearchResult(hits, (time.perf_counter() - started) * 1000)
+    return [_hit(store, cid, score, similarity.get(cid), bm25.get(cid)) for cid, score in best]
 
 
 def _hit(store: DocumentStore, chunk_id: int, score: float, sim: float | None, bm: float | None) -> Hit:

@@ -2,18 +2,26 @@
 
 Schema changes go through ordered migrations. Vectors are tagged with the embedder that made them
 (id and dimension in ``meta``); a database is never queried with another embedder.
+
+The vectors live in a vec0 table whose name ``meta`` holds (``vec_table``: ``chunk_vec`` at first).
+A new embedder's vectors are built in a new table beside the old one and switched to in the same
+transaction that drops the old table (vec0 tables cannot be renamed): a reader sees the old
+embedder's vectors or the new one's, never a mix, and a kill leaves the old ones.
 """
 
 from __future__ import annotations
 
+import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from phibox.device.errors import DatabaseError
+from phibox.device.faults import pause_at
 from phibox.device.rag import db
 from phibox.device.rag.embedder import EmbedderSpec
 
@@ -75,7 +83,7 @@ def migrate(conn: db.Connection) -> int:
             MIGRATIONS[version - 1](conn)
             conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")
-        except Exception:
+        except BaseException:
             conn.execute("ROLLBACK")
             raise
     return len(MIGRATIONS)
@@ -83,6 +91,13 @@ def migrate(conn: db.Connection) -> int:
 
 def pack(vector: np.ndarray) -> bytes:
     return struct.pack(f"{len(vector)}f", *np.asarray(vector, dtype=np.float32))
+
+
+FIRST_VEC_TABLE = "chunk_vec"
+_VEC_TABLE = re.compile(r"chunk_vec(_[0-9]+)?")
+
+ChunkText = tuple[int, str, str, str]
+"""(chunk id, document title, heading, text): what a chunk's vector is computed from."""
 
 
 @dataclass(frozen=True)
@@ -121,27 +136,89 @@ class DocumentStore:
         emb_id, dim = self.meta("embedder_id"), self.meta("embedder_dim")
         return (emb_id, int(dim)) if emb_id and dim else None
 
-    def bind_embedder(self, spec: EmbedderSpec, reembed: bool = False) -> bool:
-        """Tie the database to spec, or fail on a different one. Returns True if vectors must be rebuilt."""
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction; nested uses join the outer one (so several changes commit as one)."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction: several queries see the same state, even across an embedder switch."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
+
+    def vec_table(self) -> str:
+        """The name of the vec0 table holding the current embedder's vectors."""
+        name = self.meta("vec_table") or FIRST_VEC_TABLE
+        if not _VEC_TABLE.fullmatch(name):
+            raise DatabaseError(f"{self.path}: meta names vector table {name!r}; the database is damaged")
+        return name
+
+    def bind_embedder(self, spec: EmbedderSpec) -> None:
+        """Tie an empty database to spec; a database of a different embedder is EmbedderMismatchError
+        (``switch_embedder`` rebuilds its vectors)."""
         current = self.embedder()
         if current == (spec.id, spec.dim):
-            return False
-        if current is not None and not reembed:
+            return
+        if current is not None:
             raise EmbedderMismatchError(
                 f"{self.path} was embedded with {current[0]} ({current[1]}-d) but the bundle's embedder is "
                 f"{spec.id} ({spec.dim}-d): run `phibox ingest --reembed` to rebuild the vectors"
             )
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            self.conn.execute("DROP TABLE IF EXISTS chunk_vec")
-            self.conn.execute(f"CREATE VIRTUAL TABLE chunk_vec USING vec0(embedding float[{spec.dim}])")
-            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('embedder_id', ?), ('embedder_dim', ?)",
-                              (spec.id, str(spec.dim)))
-            self.conn.execute("COMMIT")
-        except Exception:
-            self.conn.execute("ROLLBACK")
-            raise
-        return current is not None
+        with self.transaction():
+            self.conn.execute(f"DROP TABLE IF EXISTS {FIRST_VEC_TABLE}")
+            self.conn.execute(f"CREATE VIRTUAL TABLE {FIRST_VEC_TABLE} USING vec0(embedding float[{spec.dim}])")
+            self._set_meta(embedder_id=spec.id, embedder_dim=str(spec.dim), vec_table=FIRST_VEC_TABLE)
+
+    def switch_embedder(self, spec: EmbedderSpec, embed: Callable[[list[ChunkText]], np.ndarray],
+                        batch: int = 256, on_batch: Callable[[int, int], None] | None = None) -> int:
+        """Vectors for every chunk from spec's embedder, in a new table beside the old one, switched to
+        (meta updated, old table dropped) in one transaction. Returns the chunks embedded; 0 when the
+        database already uses spec. ``embed`` turns chunk texts into vectors."""
+        if self.embedder() == (spec.id, spec.dim):
+            return 0
+        with self.transaction():
+            old = self.vec_table() if self.embedder() is not None else None
+            new = self._next_vec_table(old)
+            self.conn.execute(f"CREATE VIRTUAL TABLE {new} USING vec0(embedding float[{spec.dim}])")
+            rows = self.chunk_texts()
+            for start in range(0, len(rows), batch):
+                part = rows[start : start + batch]
+                for (cid, *_), vector in zip(part, embed(part), strict=True):
+                    self.conn.execute(f"INSERT INTO {new}(rowid, embedding) VALUES (?, ?)", (cid, pack(vector)))
+                if on_batch is not None:
+                    on_batch(start + len(part), len(rows))
+                pause_at("reembed")
+            self._set_meta(embedder_id=spec.id, embedder_dim=str(spec.dim), vec_table=new)
+            if old is not None:
+                self.conn.execute(f"DROP TABLE {old}")
+        return len(rows)
+
+    def _next_vec_table(self, old: str | None) -> str:
+        taken = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master")}
+        n = int(old.rsplit("_", 1)[1]) + 1 if old and old != FIRST_VEC_TABLE else 2
+        while f"chunk_vec_{n}" in taken:
+            n += 1
+        return f"chunk_vec_{n}"
+
+    def _set_meta(self, **values: str) -> None:
+        for key, value in values.items():
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def check_embedder(self, spec: EmbedderSpec) -> None:
         """Before a query: the vectors must come from spec's embedder."""
@@ -161,8 +238,8 @@ class DocumentStore:
     def replace_document(self, path: str, source: str, title: str, sha256: str, ingested_at: str,
                          chunks: Sequence[ChunkRow], vectors: np.ndarray) -> int:
         """Insert or replace a document with all its chunks, text index rows and vectors, atomically."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        vec = self.vec_table()
+        with self.transaction():
             self._delete(path)
             cur = self.conn.execute(
                 "INSERT INTO documents(path, source, title, content_sha256, n_chunks, ingested_at) "
@@ -174,28 +251,23 @@ class DocumentStore:
                     (doc_id, position, chunk.heading, chunk.page, chunk.text, chunk.tokens)).lastrowid
                 self.conn.execute("INSERT INTO chunk_fts(rowid, text, heading) VALUES (?, ?, ?)",
                                   (cid, chunk.text, " > ".join(p for p in (title, chunk.heading) if p)))
-                self.conn.execute("INSERT INTO chunk_vec(rowid, embedding) VALUES (?, ?)", (cid, pack(vector)))
-            self.conn.execute("COMMIT")
+                self.conn.execute(f"INSERT INTO {vec}(rowid, embedding) VALUES (?, ?)", (cid, pack(vector)))
+            pause_at("ingest")
             return doc_id
-        except Exception:
-            self.conn.execute("ROLLBACK")
-            raise
 
     def delete_document(self, path: str) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction():
             self._delete(path)
-            self.conn.execute("COMMIT")
-        except Exception:
-            self.conn.execute("ROLLBACK")
-            raise
+            pause_at("delete")
 
     def _delete(self, path: str) -> None:
+        vec = self.vec_table() if self.embedder() is not None else None
         ids = [r[0] for r in self.conn.execute(
             "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.path = ?", (path,))]
         for cid in ids:
             self.conn.execute("DELETE FROM chunk_fts WHERE rowid = ?", (cid,))
-            self.conn.execute("DELETE FROM chunk_vec WHERE rowid = ?", (cid,))
+            if vec is not None:
+                self.conn.execute(f"DELETE FROM {vec} WHERE rowid = ?", (cid,))
         self.conn.execute("DELETE FROM documents WHERE path = ?", (path,))
 
     def paths_under(self, root: str) -> list[str]:
@@ -203,25 +275,20 @@ class DocumentStore:
         return [r[0] for r in self.conn.execute("SELECT path FROM documents WHERE substr(path, 1, ?) = ?",
                                                 (len(prefix), prefix))]
 
-    def chunks_without_vectors(self) -> list[tuple[int, str, str, str]]:
-        """(id, title, heading, text) of chunks lacking a vector: after --reembed, or an interrupted rebuild."""
-        have = {int(r[0]) for r in self.conn.execute("SELECT rowid FROM chunk_vec")}
+    def chunk_texts(self) -> list[ChunkText]:
+        """Every chunk's (id, title, heading, text), in id order."""
         rows = self.conn.execute(
             "SELECT c.id, d.title, c.heading, c.text FROM chunks c JOIN documents d ON d.id = c.document_id "
             "ORDER BY c.id")
-        return [(int(cid), title, heading, text) for cid, title, heading, text in rows if int(cid) not in have]
+        return [(int(cid), title, heading, text) for cid, title, heading, text in rows]
 
-    def put_vectors(self, ids: Sequence[int], vectors: np.ndarray) -> None:
-        """(Re)write vectors for existing chunks, in one transaction."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            for cid, vector in zip(ids, vectors, strict=True):
-                self.conn.execute("DELETE FROM chunk_vec WHERE rowid = ?", (cid,))
-                self.conn.execute("INSERT INTO chunk_vec(rowid, embedding) VALUES (?, ?)", (cid, pack(vector)))
-            self.conn.execute("COMMIT")
-        except Exception:
-            self.conn.execute("ROLLBACK")
-            raise
+    def vectors_of(self, document_id: int) -> list[tuple[ChunkRow, bytes]]:
+        """A document's chunks in order, each with its stored vector."""
+        rows = self.conn.execute(
+            "SELECT c.heading, c.page, c.text, c.tokens, v.embedding FROM chunks c "
+            f"JOIN {self.vec_table()} v ON v.rowid = c.id WHERE c.document_id = ? ORDER BY c.position",
+            (document_id,)).fetchall()
+        return [(ChunkRow(heading, page, text, tokens), blob) for heading, page, text, tokens, blob in rows]
 
     def counts(self) -> dict[str, int]:
         q = self.conn.execute
@@ -230,6 +297,5 @@ class DocumentStore:
             "chunks": q("SELECT count(*) FROM chunks").fetchone()[0],
             "fts": q("SELECT count(*) FROM chunk_fts").fetchone()[0],
         }
-        has_vec = q("SELECT 1 FROM sqlite_master WHERE name = 'chunk_vec'").fetchone()
-        out["vectors"] = q("SELECT count(*) FROM chunk_vec").fetchone()[0] if has_vec else 0
+        out["vectors"] = q(f"SELECT count(*) FROM {self.vec_table()}").fetchone()[0] if self.embedder() else 0
         return out
