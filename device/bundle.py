@@ -247,9 +247,10 @@ def write_signed_manifest(bundle_dir: Path, manifest: Manifest, key: Ed25519Priv
 
 
 def verify_signature(
-    manifest_bytes: bytes, sig_bytes: bytes, trusted: Sequence[Ed25519PublicKey]
+    manifest_bytes: bytes, sig_bytes: bytes, trusted: Sequence[Ed25519PublicKey], what: str = MANIFEST
 ) -> str:
-    """Check manifest.sig against the trusted keys; returns the id of the key that signed."""
+    """Check a signature (manifest.sig, or a channel's) against the trusted keys; returns the id of
+    the key that signed. ``what`` names the signed file in error messages."""
     try:
         sig = json.loads(sig_bytes)
         if sig.get("alg") != "ed25519":
@@ -266,9 +267,9 @@ def verify_signature(
             continue
     trusted_ids = ", ".join(key_id(k) for k in trusted)
     raise BundleError(
-        f"{MANIFEST} does not verify with any trusted key: it claims key {claimed}, the device "
+        f"{what} does not verify with any trusted key: it claims key {claimed}, the device "
         f"trusts {trusted_ids}. Was it signed with the admin key from `phibox keygen`, and was "
-        "manifest.json left unchanged?"
+        f"{what} left unchanged?"
     )
 
 

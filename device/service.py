@@ -107,7 +107,7 @@ class DeviceService:
             return
         failed = self.bundle.manifest.version
         try:
-            restored = installer.rollback(state, self.activate)
+            restored = installer.rollback(state, self.activate, why="never loaded its model (the device fell back)")
         except Exception as exc:  # stays degraded (passages only); the admin sees why
             self.record_event("fallback_failed", version=failed, error=f"{type(exc).__name__}: {exc}")
             log.error("falling back from version %s failed: %s", failed, exc)

@@ -13,7 +13,7 @@ from phibox.export.pipeline import roles_for
 
 
 def resign(source_dir: Path, out: Path, key: Path, version: int, *, edit=None, min_device_version: str | None = None,
-           scratch: Path) -> Path:
+           scratch: Path, name: str | None = None) -> Path:
     """A copy of an unpacked bundle as a new signed bundle file with another version (edit(dir) may change files)."""
     work = scratch / f"resign-{version}-{out.stem}"
     shutil.copytree(source_dir, work, ignore=shutil.ignore_patterns(MANIFEST, SIGNATURE))
@@ -22,7 +22,7 @@ def resign(source_dir: Path, out: Path, key: Path, version: int, *, edit=None, m
     old = Manifest.from_bytes((source_dir / MANIFEST).read_bytes())
     rels = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
     manifest = Manifest(
-        name=old.name, version=version, created_at=old.created_at,
+        name=name or old.name, version=version, created_at=old.created_at,
         min_device_version=min_device_version or old.min_device_version, base_model=old.base_model,
         files=tuple(file_entry(work, r, roles_for(r)) for r in rels), formats=old.formats, embedder=old.embedder,
         stop_tokens=old.stop_tokens, chat_template=old.chat_template, provenance=old.provenance, parity=old.parity)

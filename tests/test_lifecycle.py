@@ -167,7 +167,7 @@ def test_shell_install_is_refused_while_the_kiosk_serves_from_the_state(state, f
 
     proc, port = start_server(["--state", str(state.root)])
     try:
-        assert state.running_server() == {"pid": proc.pid, "port": port}
+        assert state.running_server() == {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}"}
         assert main(["bundle", "install", str(files["v4"]), "--state", str(state.root)]) == 1
         err = capsys.readouterr().err
         assert f"runs from {state.root}" in err and f"phibox push FILE --to http://127.0.0.1:{port}" in err
@@ -180,6 +180,19 @@ def test_shell_install_is_refused_while_the_kiosk_serves_from_the_state(state, f
     assert state.running_server() is None  # a stopped server leaves no claim behind
     assert main(["bundle", "install", str(files["v4"]), "--state", str(state.root)]) == 0
     assert_serving(state, 4)
+
+
+def test_a_server_claim_left_by_a_crash_is_not_trusted_when_its_pid_is_reused(state, capsys) -> None:
+    import json
+
+    state.mark_server("0.0.0.0", 8080)
+    assert state.running_server() == {"pid": os.getpid(), "port": 8080, "url": "http://127.0.0.1:8080"}
+    claim = json.loads(state.server_file.read_text())
+    claim["started"] -= 1  # the same pid, but another process: the server that wrote it is gone
+    state.server_file.write_text(json.dumps(claim))
+    assert state.running_server() is None
+    assert main(["bundle", "install", str(state.root / "nothing.phibox"), "--state", str(state.root)]) == 1
+    assert "no such bundle file" in capsys.readouterr().err  # not "the kiosk server runs from ..."
 
 
 def test_a_model_that_never_loads_falls_back_to_the_previous_bundle(state, files, monkeypatch) -> None:

@@ -60,6 +60,16 @@ def test_service_is_notify_type_with_a_watchdog_and_restart_limits() -> None:
         assert line in unit, line
 
 
+def test_pull_unit_has_a_start_timeout_follows_a_named_channel_and_finds_the_server_port() -> None:
+    unit = (ROOT / "systemd" / "phibox-pull.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert "TimeoutStartSec=" in unit and "--deadline" in exec_start
+    assert "--channel ${PHIBOX_CHANNEL}" in exec_start
+    assert "8080" not in exec_start and "--device" not in exec_start  # the port comes from serve's server.json
+    install = (ROOT / "systemd" / "install.sh").read_text()
+    assert "PHIBOX_CHANNEL=" in install
+
+
 def test_runtimes_work_under_memory_deny_write_execute(tiny_bundle_dir: Path) -> None:
     """MemoryDenyWriteExecute=yes is only safe if llama.cpp, onnxruntime(-genai) and ctypes never map
     writable+executable memory: run them under the kernel's W^X switch (PR_SET_MDWE)."""

@@ -1,4 +1,4 @@
-"""`phibox bundle verify|inspect|install|rollback|trust`: check, show, install and roll back bundles."""
+"""`phibox bundle verify|inspect|install|rollback|allow|trust`: check, show, install and roll back bundles."""
 
 from __future__ import annotations
 
@@ -16,14 +16,16 @@ ACTIONS = {
     "verify": "check the signature and every file of FILE (needs --key)",
     "inspect": "show what FILE holds",
     "install": "verify, unpack, activate and health-check FILE on this device (--state)",
-    "rollback": "activate the previous kept bundle (--state)",
+    "rollback": "activate the previous kept bundle (--state); a fleet pull then skips the version left",
+    "allow": "let a fleet pull bring back version FILE (a number) that failed or was rolled back (--state)",
     "trust": "add the public key FILE to the device's trusted keys (--state)",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=tuple(ACTIONS), help="; ".join(f"{k}: {v}" for k, v in ACTIONS.items()))
-    parser.add_argument("file", type=Path, nargs="?", help="a .phibox bundle file (or a .pub key for trust)")
+    parser.add_argument("file", type=Path, nargs="?",
+                        help="a .phibox bundle file (a .pub key for trust, a version number for allow)")
     parser.add_argument("--state", type=Path, default=None, help="device state directory (default $PHIBOX_STATE_DIR "
                         "or /var/lib/phibox)")
     parser.add_argument("--allow-downgrade", action="store_true", help="install: accept an older version")
@@ -51,7 +53,7 @@ def describe(manifest: Manifest) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.action in ("install", "rollback", "trust"):
+    if args.action in ("install", "rollback", "allow", "trust"):
         return _device_action(args)
     if args.file is None:
         raise ConfigError(f"`phibox bundle {args.action}` needs a bundle FILE")
@@ -69,6 +71,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(describe(manifest))
         print("(signature not checked: use `phibox bundle verify FILE --key ADMIN.pub`)")
+    return 0
+
+
+def _allow(state: StateDir, given: Path | None) -> int:
+    from phibox.device.lifecycle import installer
+
+    if given is None or not str(given).isdigit():
+        raise ConfigError("`phibox bundle allow VERSION`: give the version number (see `phibox status`)")
+    version = int(str(given))
+    blocked = state.blocked()
+    if not installer.allow(state, version):
+        listed = ", ".join(f"v{v}" for v in blocked) or "none"
+        raise ConfigError(f"version {version} is not blocked on this device (blocked: {listed})")
+    print(f"version {version} may be pulled again (it was blocked: {blocked[version]['reason']})")
     return 0
 
 
@@ -94,6 +110,8 @@ def _device_action(args: argparse.Namespace) -> int:
         shutil.copyfile(args.file, state.keys / f"{kid}.pub")
         print(f"trusted key {kid} ({state.keys / (kid + '.pub')})")
         return 0
+    if args.action == "allow":
+        return _allow(state, args.file)
     if args.action == "rollback":
         refuse_while_serving(state, "roll back")
         version = installer.rollback(state, None if args.skip_health_check else health)

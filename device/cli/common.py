@@ -63,9 +63,8 @@ def refuse_while_serving(state: StateDir, action: str) -> None:
     the folder it runs from): the running server must do it, live."""
     server = state.running_server()
     if server is not None:
-        port = server["port"]
+        url = server["url"]
         raise ConfigError(
             f"the kiosk server (pid {server['pid']}) runs from {state.root}: {action} through it, live — "
-            f"`phibox push FILE --to http://127.0.0.1:{port} --token-file TOKEN` or the admin page at "
-            f"http://127.0.0.1:{port}/admin (for a pull: `phibox pull URL --device http://127.0.0.1:{port}`) — "
+            f"`phibox push FILE --to {url} --token-file TOKEN` or the admin page at {url}/admin — "
             "or stop the server first")

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     service.start()
     app = create_app(service, config)
     if state is not None:
-        state.mark_server(config.port)
+        state.mark_server(config.host, config.port)
     stop = threading.Event()
     start_notifier(service.ready, lambda: f"{service.state}: {service.model_id} v{service.bundle.manifest.version}",
                    lambda: service.worker.heartbeat, stop)

@@ -26,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"active: {m.name} v{m.version} ({', '.join(m.formats)}; base {m.base_model}; {parity})")
     others = [v for v in state.versions() if v != active]
     print(f"kept for rollback: {', '.join(f'v{v}' for v in others) or 'none'}")
+    for version, info in sorted(state.blocked().items()):
+        print(f"blocked: v{version} — {info['reason']} ({info['at']}); "
+              f"`phibox bundle allow {version}` to pull it again")
     if state.root.exists():
         usage = shutil.disk_usage(state.root)
         print(f"disk: {usage.free / 1e9:.1f} GB free of {usage.total / 1e9:.1f} GB")

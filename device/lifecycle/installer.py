@@ -108,6 +108,8 @@ def check_versions(manifest: Manifest, active: int | None, allow_downgrade: bool
 def unpack(path: Path, state: StateDir, *, allow_downgrade: bool = False) -> tuple[Manifest, Path]:
     """Verify and unpack a bundle file into bundles/<version>; returns the manifest and the folder."""
     trusted = load_trusted_keys([state.keys])
+    if not path.is_file():
+        raise InstallError(f"{path}: no such bundle file (a .phibox file from `phibox export`)")
     check_disk(state, path.stat().st_size)
     try:
         with tarfile.open(path, mode="r:") as tar:
@@ -173,14 +175,23 @@ def activate_version(state: StateDir, version: int, health_check: HealthCheck | 
         _check_then_swap(state, version, state.active_version(), health_check, reason="admin")
 
 
-def rollback(state: StateDir, health_check: HealthCheck | None = None) -> int:
-    """Explicit admin rollback: activate the newest installed version below the active one."""
+def rollback(state: StateDir, health_check: HealthCheck | None = None, why: str = "was rolled back by an admin") -> int:
+    """Activate the newest installed version below the active one; the version left is blocked: a
+    fleet pull does not bring it back until an admin allows it (`phibox bundle allow`)."""
     with install_lock(state):
         active, previous = state.active_version(), state.previous_version()
         if previous is None:
             raise InstallError(f"no older bundle is kept in {state.bundles} to roll back to")
         _check_then_swap(state, previous, active, health_check, reason="rollback")
+        if active is not None:
+            state.block(active, why)
     return previous
+
+
+def allow(state: StateDir, version: int) -> bool:
+    """An admin says a blocked version may be pulled again; False if it was not blocked."""
+    with install_lock(state):
+        return state.unblock(version)
 
 
 def _check_then_swap(state: StateDir, version: int, previous: int | None, health_check: HealthCheck | None,
@@ -195,11 +206,13 @@ def _check_then_swap(state: StateDir, version: int, previous: int | None, health
                 shutil.rmtree(state.bundle_dir(version), ignore_errors=True)
             state.record("health_check_failed", version=version, kept=previous,
                          error=f"{type(exc).__name__}: {exc}")
+            state.block(version, f"failed its health check: {type(exc).__name__}: {exc}")
             raise InstallError(f"version {version} failed its health check ({exc}); "
                                f"{f'version {previous} stays active' if previous else 'no bundle is active'}"
                                ) from exc
     pause_at("before_swap")
     state.activate(version)
+    state.unblock(version)  # installed or activated on purpose, and it passed: no longer blocked
     pause_at("after_swap")
     state.record("activated", version=version, previous=previous, reason=reason,
                  health="checked" if health_check is not None else "skipped")

@@ -6,6 +6,9 @@
     documents.db         the documents index
     events.jsonl         installs, activations, failed health checks, rollbacks
     incoming/            uploads and downloads in progress
+    blocked.json         versions that failed their health check or were rolled back: a fleet pull
+                         skips them until an admin allows them again (`phibox bundle allow`)
+    channel-pin.json     the fleet channel this device follows and the newest channel it has seen
 """
 
 from __future__ import annotations
@@ -93,30 +96,69 @@ class StateDir:
         for p in self.root.glob(".current-*"):
             p.unlink(missing_ok=True)
 
+    # --- versions a fleet pull must not retry -----------------------------------------------
+    @property
+    def blocked_file(self) -> Path:
+        return self.root / "blocked.json"
+
+    def blocked(self) -> dict[int, dict[str, str]]:
+        """{version: {"reason", "at"}} of versions that failed here or were rolled back."""
+        try:
+            data = json.loads(self.blocked_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise ConfigError(f"{self.blocked_file} is damaged ({exc}): delete it to forget blocked versions") from exc
+        return {int(v): dict(info) for v, info in data.items()}
+
+    def block(self, version: int, reason: str) -> None:
+        """Remember that version must not come back by itself (call under the install lock)."""
+        data = self.blocked()
+        data[version] = {"reason": reason, "at": utc_now()}
+        atomic_write(self.blocked_file, json.dumps({str(v): i for v, i in sorted(data.items())}, indent=1).encode())
+
+    def unblock(self, version: int) -> bool:
+        """Forget a blocked version (an admin allowed it, or it was installed on purpose and passed)."""
+        data = self.blocked()
+        if data.pop(version, None) is None:
+            return False
+        atomic_write(self.blocked_file, json.dumps({str(v): i for v, i in sorted(data.items())}, indent=1).encode())
+        return True
+
     # --- the server running from this directory --------------------------------------------
     @property
     def server_file(self) -> Path:
         return self.root / "server.json"
 
-    def mark_server(self, port: int) -> None:
-        """`phibox serve` says it runs from here (pid and port), so installs from the shell go to it."""
-        atomic_write(self.server_file, json.dumps({"pid": os.getpid(), "port": port}).encode())
+    def mark_server(self, host: str, port: int) -> None:
+        """`phibox serve` says it runs from here (pid, its start time, the URL that reaches it from this
+        machine), so installs and pulls from the shell go to it."""
+        local = "127.0.0.1" if host in ("0.0.0.0", "", "localhost") else "[::1]" if host == "::" else host
+        url = f"http://{f'[{local}]' if ':' in local and not local.startswith('[') else local}:{port}"
+        info = {"pid": os.getpid(), "started": _process_start(os.getpid()), "port": port, "url": url}
+        atomic_write(self.server_file, json.dumps(info).encode())
 
     def clear_server(self) -> None:
         info = self.running_server()
         if info is not None and info["pid"] == os.getpid():
             self.server_file.unlink(missing_ok=True)
 
-    def running_server(self) -> dict[str, int] | None:
-        """The live `phibox serve` running from this directory ({"pid", "port"}), or None."""
+    def running_server(self) -> dict[str, Any] | None:
+        """The live `phibox serve` running from this directory ({"pid", "port", "url"}), or None. A pid
+        reused by another process after a crash does not count: its start time differs."""
         try:
             info = json.loads(self.server_file.read_text())
-            os.kill(int(info["pid"]), 0)
+            pid = int(info["pid"])
+            os.kill(pid, 0)
         except (FileNotFoundError, ValueError, KeyError, TypeError, ProcessLookupError):
             return None
         except PermissionError:  # alive, under another user (the service user)
-            pass
-        return {"pid": int(info["pid"]), "port": int(info["port"])}
+            pid = int(info["pid"])
+        started = _process_start(pid)
+        if started is not None and info.get("started") not in (None, started):
+            return None
+        port = int(info["port"])
+        return {"pid": pid, "port": port, "url": str(info.get("url") or f"http://127.0.0.1:{port}")}
 
     def record(self, event: str, **detail: Any) -> dict[str, Any]:
         entry = {"at": utc_now(), "event": event, **detail}
@@ -131,3 +173,12 @@ class StateDir:
             return []
         lines = self.events.read_text().splitlines()[-n:]
         return [json.loads(line) for line in reversed(lines) if line.strip()]
+
+
+def _process_start(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, /proc/PID/stat field 22), None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
