@@ -6,6 +6,7 @@ sees at training time exactly the text it meets on the device. Standard library 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,23 @@ NO_PASSAGES = "(No passages from the manuals matched this question.)"
 """Stands in the passage block when retrieval found nothing, so the model says it doesn't know."""
 
 ROLES = ("system", "user", "assistant")
+
+MARKERS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>")
+"""The chat template's control tokens: the only special tokens a prompt may hold."""
+
+_CONTROL_LIKE = re.compile(r"<(?=\||/?s>)")
+
+
+def neutralise(text: str) -> str:
+    """Text written by people or found in manuals can't spell a control token: every ``<|`` becomes
+    ``< |`` (and ``<s>``, ``</s>`` become ``< s>``, ``< /s>``), which tokenizers read as the plain
+    characters shown. Applied to every message when rendering, and to manuals at ingestion."""
+    return _CONTROL_LIKE.sub("< ", text)
+
+
+def count_markers(prompt: str) -> int:
+    """How many template markers a rendered prompt holds (what its control tokens must number)."""
+    return sum(prompt.count(marker) for marker in MARKERS)
 
 
 @dataclass(frozen=True)
@@ -70,7 +88,7 @@ def build_messages(question: str, passages: Sequence[Passage]) -> list[dict[str,
 
 
 def _turn(role: str, content: str) -> str:
-    return f"<|{role}|>\n{content}<|end|>\n"
+    return f"<|{role}|>\n{neutralise(content)}<|end|>\n"
 
 
 def _check_roles(messages: Sequence[dict[str, str]]) -> None:
@@ -81,7 +99,8 @@ def _check_roles(messages: Sequence[dict[str, str]]) -> None:
 
 
 def render_chat(messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
-    """Render messages exactly as Phi-3's chat template does.
+    """Render messages exactly as Phi-3's chat template does, with every message's content
+    neutralised (no ``<|...|>`` of its own: a question or a manual can't open a system turn).
 
     Each turn is ``<|role|>\\n{content}<|end|>\\n``; a generation prompt ends with
     ``<|assistant|>\\n``; a finished conversation (training text) ends with ``<|endoftext|>``.
@@ -101,7 +120,7 @@ def assistant_spans(messages: Sequence[dict[str, str]]) -> list[tuple[int, int]]
         turn = _turn(m["role"], m["content"])
         if m["role"] == "assistant":
             start = pos + len(f"<|{m['role']}|>\n")
-            spans.append((start, start + len(m["content"]) + len("<|end|>")))
+            spans.append((start, start + len(neutralise(m["content"])) + len("<|end|>")))
         pos += len(turn)
     return spans
 

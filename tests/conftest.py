@@ -158,3 +158,9 @@ def v3_state(lifecycle_files, admin_keys, tmp_path: Path):
     shutil.copy(admin_keys[1], state.keys / "admin.pub")
     installer.install(lifecycle_files["v3"], state)
     return state
+
+
+@pytest.fixture(scope="session")
+def no_stop(hf_tokenizer) -> dict[str, int]:
+    """logit_bias that forbids both stop tokens: answers run to max_tokens (slow, for load tests)."""
+    return {str(hf_tokenizer.convert_tokens_to_ids(t)): -100 for t in ("<|end|>", "<|endoftext|>")}

@@ -65,12 +65,6 @@ def sse_events(raw: bytes) -> list[tuple[str, dict]]:
 
 
 @pytest.fixture(scope="module")
-def no_stop(hf_tokenizer) -> dict[str, int]:
-    """logit_bias that forbids both stop tokens: answers run to max_tokens (slow, for load tests)."""
-    return {str(hf_tokenizer.convert_tokens_to_ids(t)): -100 for t in ("<|end|>", "<|endoftext|>")}
-
-
-@pytest.fixture(scope="module")
 def docs_db(tiny_bundle_dir: Path, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("serve")
     corpus = write_corpus(folder / "manuals")
@@ -81,12 +75,13 @@ def docs_db(tiny_bundle_dir: Path, tmp_path_factory) -> Path:
     return folder / "docs.db"
 
 
-def start_server(args: list[str], states: tuple[str, ...] = ("ready",), timeout_s: float = 90
-                 ) -> tuple[subprocess.Popen, int]:
-    """`phibox serve ARGS` on a free port, once /healthz reports one of states."""
+def start_server(args: list[str], states: tuple[str, ...] = ("ready",), timeout_s: float = 90,
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    """`phibox serve ARGS` on a free port (settings from env added to ours), once /healthz reports
+    one of states."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "phibox.device.cli", "serve", "--port", str(port), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + timeout_s
     while True:
         assert proc.poll() is None, proc.stdout.read().decode()
@@ -102,8 +97,9 @@ def start_server(args: list[str], states: tuple[str, ...] = ("ready",), timeout_
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle_dir: Path, docs_db: Path):
+    # long answers on purpose (the cancellation test needs one): above the default max_api_tokens
     proc, port = start_server(["--bundle", str(tiny_bundle_dir), "--db", str(docs_db), "--queue-size", "2",
-                               "--backend", "gguf"])
+                               "--backend", "gguf"], env={"PHIBOX_MAX_API_TOKENS": "3500"})
     yield proc, port
     proc.terminate()
     proc.wait(timeout=30)

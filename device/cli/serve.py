@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Waitress spools request bodies over 512 KB to a temporary file (never whole in memory) and
         # answers 413 itself above max_request_body_size.
+        # channel_request_lookahead lets a handler see that its client hung up (then the job is cancelled).
         serve(app, host=config.host, port=config.port, threads=config.threads, channel_timeout=300,
-              ident="phibox", max_request_body_size=config.max_upload_mb << 20)
+              ident="phibox", max_request_body_size=config.max_upload_mb << 20, channel_request_lookahead=1)
     finally:
         stop.set()
         service.close()

@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from phibox.device.errors import PhiboxError
+from phibox.device.prompt import neutralise
 
 EXTENSIONS = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
 
@@ -58,6 +59,15 @@ def decode_text(data: bytes, path: Path) -> tuple[str, str]:
 
 
 def read_document(path: Path) -> ParsedDocument:
+    """A manual's title and sections, with any ``<|...|>`` control-token look-alikes neutralised
+    (prompt.neutralise): a hostile manual can't open a system turn, and citations show what the
+    model saw."""
+    doc = _read(path)
+    return ParsedDocument(neutralise(doc.title), [Section(neutralise(s.heading), s.page, neutralise(s.text))
+                                                  for s in doc.sections], doc.note)
+
+
+def _read(path: Path) -> ParsedDocument:
     suffix = path.suffix.lower()
     if suffix not in EXTENSIONS:
         raise UnreadableDocument(

@@ -9,10 +9,11 @@ question re-evaluates only what changed (the system prompt is shared by every RA
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from phibox.device.errors import PhiboxError
+from phibox.device.prompt import MARKERS, count_markers
 
 STOP_TEXTS = ("<|end|>", "<|endoftext|>")
 
@@ -23,6 +24,10 @@ class ContextOverflowError(PhiboxError):
 
 class UnsupportedOptionError(PhiboxError):
     """A generation option this runtime cannot honour."""
+
+
+class ControlTokenError(PhiboxError):
+    """A prompt holds control tokens that the chat template did not put there (an injection)."""
 
 
 class Backend(Protocol):
@@ -52,3 +57,19 @@ def clean_piece(piece: str) -> tuple[str, bool]:
         if stop in piece:
             return piece.split(stop, 1)[0], True
     return piece, False
+
+
+def control_ids(tokenize_special: Callable[[str], list[int]]) -> frozenset[int]:
+    """The ids of the template markers and of ``<s>``/``</s>`` in a tokenizer (each that is one token)."""
+    ids = [tokenize_special(text) for text in (*MARKERS, "<s>", "</s>")]
+    return frozenset(t[0] for t in ids if len(t) == 1)
+
+
+def check_control_tokens(tokens: Sequence[int], ids: frozenset[int], prompt: str) -> None:
+    """Refuse a prompt whose control tokens outnumber the template's markers: only the markers the
+    template wrote may reach the model as control tokens (content is neutralised when rendered;
+    this guards every other way a prompt could be built)."""
+    found = sum(1 for t in tokens if t in ids)
+    if found != count_markers(prompt):
+        raise ControlTokenError(f"the prompt holds {found} control tokens where its chat template has "
+                                f"{count_markers(prompt)}: refusing it (text may not spell <|...|> markers)")

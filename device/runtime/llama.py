@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from phibox.device.runtime.backend import STOP_TEXTS, check_fit, clean_piece
+from phibox.device.runtime.backend import STOP_TEXTS, check_control_tokens, check_fit, clean_piece, control_ids
 
 
 class LlamaCppBackend:
@@ -20,8 +20,11 @@ class LlamaCppBackend:
         self.llm = Llama(model_path=str(gguf), n_ctx=context_window, n_threads=threads, n_threads_batch=threads,
                          verbose=False)
         self.context_window = context_window
+        self.control = control_ids(lambda s: self.llm.tokenize(s.encode(), add_bos=False, special=True))
 
     def tokenize(self, text: str) -> list[int]:
+        """The prompt's tokens, the template's markers parsed as control tokens (message content is
+        neutralised when rendered, so nothing else can spell one)."""
         return self.llm.tokenize(text.encode(), add_bos=True, special=True)
 
     def count_tokens(self, text: str) -> int:
@@ -31,6 +34,7 @@ class LlamaCppBackend:
                  cancel: threading.Event | None = None, reuse_prefix: bool = True,
                  logit_bias: dict[int, float] | None = None, min_new_tokens: int = 0) -> Iterator[str]:
         tokens = self.tokenize(prompt)
+        check_control_tokens(tokens[1:] if tokens[:1] == [self.llm.token_bos()] else tokens, self.control, prompt)
         check_fit(len(tokens), max_new_tokens, self.context_window)
         if not reuse_prefix:
             self.llm.reset()

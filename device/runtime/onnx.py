@@ -7,7 +7,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from phibox.device.runtime.backend import UnsupportedOptionError, check_fit, clean_piece
+from phibox.device.runtime.backend import (
+    UnsupportedOptionError,
+    check_control_tokens,
+    check_fit,
+    clean_piece,
+    control_ids,
+)
 
 
 class OnnxGenaiBackend:
@@ -29,6 +35,7 @@ class OnnxGenaiBackend:
         self.context_window = int(genai["model"]["context_length"])
         self.generator = None
         self.tokens: list[int] = []
+        self.control = control_ids(self.tokenize)
 
     def tokenize(self, text: str) -> list[int]:
         return [int(t) for t in self.tokenizer.encode(text)]
@@ -61,6 +68,7 @@ class OnnxGenaiBackend:
         if logit_bias:
             raise UnsupportedOptionError("logit_bias is not supported by the onnx backend; use the gguf one")
         tokens = self.tokenize(prompt)
+        check_control_tokens(tokens, self.control, prompt)
         check_fit(len(tokens), max_new_tokens, self.context_window)
         self._start(tokens, temperature, reuse_prefix and min_new_tokens == 0, min_new_tokens)
         stream = self.tokenizer.create_stream()

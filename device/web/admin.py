@@ -2,7 +2,9 @@
 
 Admins log in with the password set by `phibox admin set-password` (scrypt hash); the session
 cookie is HttpOnly and SameSite=Strict; every POST carries the session's CSRF token; repeated bad
-passwords get 429. Machines use the API token from `phibox admin new-token`. Uploads stream to
+passwords get 429. A session ends after `session_idle_min` without a request, `session_max_h`
+after its login, and at once for every browser on a logout or a new password; admin pages are
+never cached. Machines use the API token from `phibox admin new-token`. Uploads stream to
 disk under a size cap and go through the one installer, with the live swap as health check.
 """
 
@@ -59,6 +61,8 @@ def guard() -> Any:
         if not token or not admin_auth.check_token(state().root, token):
             return jsonify(error="missing or wrong API token: use the one from `phibox admin new-token`"), 401
         return None
+    if session.get("admin") and not _session_alive():
+        session.clear()
     if request.endpoint == "admin.login":
         session.setdefault("csrf", secrets.token_urlsafe(24))
     elif not session.get("admin"):
@@ -73,6 +77,23 @@ def guard() -> Any:
     return None
 
 
+def _session_alive() -> bool:
+    """Issued in the current generation, used lately, and not too old; marks it used now."""
+    now, cfg = time.time(), settings()
+    fresh = (session.get("generation") == admin_auth.session_generation(state().root)
+             and now - float(session.get("seen_at", 0)) <= cfg.session_idle_min * 60
+             and now - float(session.get("login_at", 0)) <= cfg.session_max_h * 3600)
+    if fresh:
+        session["seen_at"] = now
+    return fresh
+
+
+@bp.after_request
+def never_cache(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @bp.route("/admin/login", methods=["GET", "POST"])
 def login() -> Any:
     st = state()
@@ -81,24 +102,26 @@ def login() -> Any:
                                configured=admin_auth.has_password(st.root))
     limiter: admin_auth.LoginLimiter = current_app.config["PHIBOX_LIMITER"]
     client = request.remote_addr or "?"
-    wait = limiter.blocked_for(client)
+    wait = limiter.reserve(client)  # counted before hashing: concurrent guesses are counted too
     if wait:
         return (render_template("admin_login.html", csrf=session["csrf"], configured=True,
                                 error=f"Too many failed attempts. Try again in {wait} s."), 429,
                 {"Retry-After": str(wait)})
     if not admin_auth.check_password(st.root, request.form.get("password", "")):
-        limiter.failed(client)
         time.sleep(0.2)
         return render_template("admin_login.html", csrf=session["csrf"], configured=True,
                                error="Wrong password."), 403
     limiter.succeeded(client)
     session.clear()
-    session.update(admin=True, csrf=secrets.token_urlsafe(24))
+    now = time.time()
+    session.update(admin=True, csrf=secrets.token_urlsafe(24), generation=admin_auth.session_generation(st.root),
+                   login_at=now, seen_at=now)
     return redirect(url_for("admin.status"))
 
 
 @bp.post("/admin/logout")
 def logout() -> Any:
+    admin_auth.end_sessions(state().root)  # this cookie, and any copy of it, stops working
     session.clear()
     return redirect(url_for("admin.login"))
 

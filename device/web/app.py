@@ -33,6 +33,7 @@ def create_app(service: DeviceService, config: ServeConfig) -> Flask:
     app = Flask(__name__)
     app.config.update(
         PHIBOX_SERVICE=service, PHIBOX_SERVE=config, PHIBOX_LIMITER=auth.LoginLimiter(),
+        PHIBOX_CLIENT_JOBS=openai_api.ClientJobs(),
         SECRET_KEY=auth.session_secret(service.state_dir.root) if service.state_dir else secrets.token_bytes(32),
         SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_SECURE=config.secure_cookies,
         SESSION_COOKIE_NAME="phibox_admin", MAX_CONTENT_LENGTH=1 << 20,

@@ -1,5 +1,7 @@
-"""Admin credentials in the state directory: an scrypt password hash, an API token hash, the
-session signing secret, and a login rate limiter. Nothing secret is stored in clear."""
+"""Admin credentials in the state directory: an scrypt password hash, the push token's hash, the
+/v1 API keys' hashes, a session generation (bumped by a logout or a new password: every session
+cookie issued before stops working), the session signing secret, and a login rate limiter.
+Nothing secret is stored in clear."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import json
 import secrets
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from pathlib import Path
 
 from phibox.device.errors import ConfigError
@@ -46,7 +48,41 @@ def set_password(state_root: Path, password: str) -> None:
         raise ConfigError("the admin password needs at least 10 characters")
     data = _load(state_root)
     data["password"] = hash_password(password)
+    data["session_generation"] = int(data.get("session_generation", 0)) + 1
     _save(state_root, data)
+
+
+def session_generation(state_root: Path) -> int:
+    """Sessions carry the generation they were issued in; a different one is no session."""
+    return int(_load(state_root).get("session_generation", 0))
+
+
+def end_sessions(state_root: Path) -> None:
+    """Every admin session issued so far stops working (logout, or on the command line)."""
+    data = _load(state_root)
+    data["session_generation"] = int(data.get("session_generation", 0)) + 1
+    _save(state_root, data)
+
+
+def new_api_key(state_root: Path, name: str) -> str:
+    """A fresh /v1 API key under name (replacing one of that name); only its sha256 is kept."""
+    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"API key name {name!r}: use up to 64 letters, digits, '-' or '_'")
+    key = "pbx-" + secrets.token_urlsafe(32)
+    data = _load(state_root)
+    data.setdefault("api_keys", {})[name] = hashlib.sha256(key.encode()).hexdigest()
+    _save(state_root, data)
+    return key
+
+
+def api_key_name(state_root: Path, key: str) -> str | None:
+    """The name of the /v1 API key, or None if it is not one."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    found = None
+    for name, expected in _load(state_root).get("api_keys", {}).items():
+        if hmac.compare_digest(expected, digest):
+            found = name
+    return found
 
 
 def check_password(state_root: Path, password: str) -> bool:
@@ -85,31 +121,48 @@ def session_secret(state_root: Path) -> bytes:
 
 
 class LoginLimiter:
-    """At most `attempts` failed logins per client address in `window_s` seconds."""
+    """At most `attempts` failed logins per client address in `window_s` seconds, and at most
+    `global_attempts` from all clients together (a spread-out guessing attempt). An attempt is
+    reserved before the password is hashed, so concurrent guesses count too; the map of clients is
+    bounded (the oldest are forgotten first)."""
 
-    def __init__(self, attempts: int = 5, window_s: float = 300.0) -> None:
+    def __init__(self, attempts: int = 5, window_s: float = 300.0, global_attempts: int = 50,
+                 max_clients: int = 10_000) -> None:
         self.attempts, self.window_s = attempts, window_s
-        self.failures: dict[str, deque[float]] = defaultdict(deque)
+        self.global_attempts, self.max_clients = global_attempts, max_clients
+        self.failures: dict[str, deque[float]] = {}
+        self.everyone: deque[float] = deque()
         self.lock = threading.Lock()
 
-    def _recent(self, client: str) -> deque[float]:
-        q, now = self.failures[client], time.monotonic()
+    def _trim(self, q: deque[float], now: float) -> deque[float]:
         while q and now - q[0] > self.window_s:
             q.popleft()
         return q
 
-    def blocked_for(self, client: str) -> int:
-        """Seconds until this client may try again (0: allowed now)."""
-        with self.lock:
-            q = self._recent(client)
-            if len(q) < self.attempts:
-                return 0
-            return max(1, int(self.window_s - (time.monotonic() - q[0])))
+    def _wait(self, q: deque[float], limit: int, now: float) -> int:
+        return 0 if len(q) < limit else max(1, int(self.window_s - (now - q[0])))
 
-    def failed(self, client: str) -> None:
+    def reserve(self, client: str) -> int:
+        """Count an attempt now (before checking the password). Returns 0 when it may go ahead, else
+        the seconds to wait (and nothing was counted)."""
         with self.lock:
-            self._recent(client).append(time.monotonic())
+            now = time.monotonic()
+            mine = self._trim(self.failures.get(client, deque()), now)
+            wait = max(self._wait(mine, self.attempts, now), self._wait(self._trim(self.everyone, now),
+                                                                        self.global_attempts, now))
+            if wait:
+                return wait
+            mine.append(now)
+            self.everyone.append(now)
+            self.failures.pop(client, None)
+            self.failures[client] = mine  # most recent last: the oldest client is forgotten first
+            while len(self.failures) > self.max_clients:
+                self.failures.pop(next(iter(self.failures)))
+            return 0
 
     def succeeded(self, client: str) -> None:
+        """The reserved attempt was the right password: forget this client's failures."""
         with self.lock:
-            self.failures.pop(client, None)
+            mine = self.failures.pop(client, None)
+            if mine and self.everyone:
+                self.everyone.pop()

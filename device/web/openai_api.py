@@ -4,25 +4,35 @@ Extensions: ``min_tokens`` (as in vLLM: no end of turn before that many tokens) 
 Two model ids: ``phibox-<bundle>`` answers from the manuals (RAG: the last user message is the
 question; citations come back in an extra ``citations`` field) and ``phibox-<bundle>-norag`` runs
 the chat as given. A request may also say ``"rag": false``. Errors use OpenAI's error format.
+
+Bounded for a plant LAN: a key from `phibox admin new-api-key` (required when the server listens
+beyond loopback, see ServeConfig.api_keys); max_tokens and min_tokens up to `max_api_tokens`; a
+RAG question up to `max_question_chars` and all messages together up to `max_chat_chars`; one
+job at a time per client (its key, or its address when it has none), so one LAN client can't fill
+the queue the kiosk page needs (programs on the appliance itself, on loopback without a key, are
+not limited); a job whose client went away is cancelled, streaming or not.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
 from phibox.device.engine import Answer, Answering, Options, Unavailable
 from phibox.device.prompt import ROLES
 from phibox.device.rag.budget import QuestionTooLongError
 from phibox.device.runtime.backend import ContextOverflowError, UnsupportedOptionError
+from phibox.device.web import auth
 from phibox.device.web.context import service, settings
 from phibox.device.web.sse import HEADERS, KEEPALIVE, passage_json, passages_json
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
+MAX_MESSAGES = 64
 
 
 class ApiError(Exception):
@@ -36,6 +46,40 @@ class ApiError(Exception):
 def api_error(exc: ApiError) -> tuple[Response, int, dict[str, str]]:
     body = {"error": {"message": str(exc), "type": exc.kind, "param": exc.param, "code": exc.code}}
     return jsonify(body), exc.status, exc.headers
+
+
+class ClientJobs:
+    """Which /v1 clients have a job queued or running: one each."""
+
+    def __init__(self) -> None:
+        self.busy: set[str] = set()
+        self.lock = threading.Lock()
+
+    def take(self, client: str) -> None:
+        with self.lock:
+            if client in self.busy:
+                raise ApiError(429, "this client already has a question queued or being answered: wait for it "
+                                    "(one at a time per client)", kind="rate_limit_error", code="one_job_per_client",
+                               headers={"Retry-After": str(settings().retry_after_s)})
+            self.busy.add(client)
+
+    def release(self, client: str) -> None:
+        with self.lock:
+            self.busy.discard(client)
+
+
+@bp.before_request
+def check_key() -> None:
+    """/v1 needs an API key when the settings say so; g.client names who asks (key, else address)."""
+    sent = request.headers.get("Authorization", "")
+    key = sent.removeprefix("Bearer ").strip() if sent.startswith("Bearer ") else ""
+    state = service().state_dir
+    name = auth.api_key_name(state.root, key) if key and state is not None else None
+    if settings().api_keys_required and name is None:
+        raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY): an admin makes one on the "
+                            "device with `phibox admin new-api-key --name NAME`", code="invalid_api_key")
+    local = request.remote_addr in ("127.0.0.1", "::1")
+    g.client = f"key:{name}" if name else None if local else f"addr:{request.remote_addr}"
 
 
 def model_ids() -> list[str]:
@@ -67,14 +111,23 @@ def parse_request(body: Any) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list", param="messages")
+    if len(messages) > MAX_MESSAGES:
+        raise ApiError(413, f"{len(messages)} messages; at most {MAX_MESSAGES}", param="messages",
+                       code="context_length_exceeded")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise ApiError(400, f"messages[{i}] needs a role ({'/'.join(ROLES)}) and string content", param="messages")
+    cfg = settings()
+    total = sum(len(m["content"]) for m in messages)
+    if total > cfg.max_chat_chars:
+        raise ApiError(413, f"the messages hold {total} characters; the limit is {cfg.max_chat_chars} "
+                            "(max_chat_chars)", param="messages", code="context_length_exceeded")
     engine = service().cfg
     max_tokens = _param(body, "max_tokens", int, None) or _param(body, "max_completion_tokens", int, None)
-    max_tokens = max_tokens or engine.max_new_tokens
-    if not 1 <= max_tokens <= 4096:
-        raise ApiError(400, "'max_tokens' must be between 1 and 4096", param="max_tokens")
+    max_tokens = max_tokens or min(engine.max_new_tokens, cfg.max_api_tokens)
+    if not 1 <= max_tokens <= cfg.max_api_tokens:
+        raise ApiError(400, f"'max_tokens' must be between 1 and {cfg.max_api_tokens} on this device "
+                            "(max_api_tokens)", param="max_tokens")
     temperature = _param(body, "temperature", (int, float), engine.temperature)
     if not 0 <= temperature <= 2:
         raise ApiError(400, "'temperature' must be between 0 and 2", param="temperature")
@@ -109,15 +162,43 @@ def _start(req: dict[str, Any]) -> Answering:
     question = next((m["content"] for m in reversed(req["messages"]) if m["role"] == "user"), "").strip()
     if not question:
         raise ApiError(400, "RAG needs a user message to answer", param="messages")
+    limit = settings().max_question_chars
+    if len(question) > limit:
+        raise ApiError(413, f"the question has {len(question)} characters; the limit is {limit}",
+                       param="messages", code="context_length_exceeded")
     return engine.ask(question, _options(req))
 
 
 @bp.post("/chat/completions")
 def chat_completions() -> Response:
     req = parse_request(request.get_json(silent=True))
+    jobs: ClientJobs = current_app.config["PHIBOX_CLIENT_JOBS"]
+    client: str | None = g.client
+    if client is None:  # the appliance itself, no key: not limited
+        return _complete(req, _open(req)) if not req["stream"] else _streamed(req, _open(req))
+    jobs.take(client)
+    streaming = False
+    try:
+        answering = _open(req)
+        if not req["stream"]:
+            return _complete(req, answering)
+        response = _streamed(req, answering)
+        response.call_on_close(lambda: jobs.release(client))  # when the server closes the stream, ended or not
+        streaming = True
+        return response
+    finally:
+        if not streaming:
+            jobs.release(client)
+
+
+def _streamed(req: dict[str, Any], answering: Answering) -> Response:
+    return Response(stream_with_context(_stream(req, answering)), mimetype="text/event-stream", headers=HEADERS)
+
+
+def _open(req: dict[str, Any]) -> Answering:
     retry = {"Retry-After": str(settings().retry_after_s)}
     try:
-        answering = _start(req)
+        return _start(req)
     except Unavailable as exc:
         code = "queue_full" if exc.reason == "queue_full" else "model_not_ready"
         raise ApiError(503, str(exc), kind="server_error", code=code, headers=retry) from exc
@@ -125,10 +206,16 @@ def chat_completions() -> Response:
         raise ApiError(400, str(exc), param="logit_bias") from exc
     except (QuestionTooLongError, ContextOverflowError) as exc:
         raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from exc
-    if req["stream"]:
-        return Response(stream_with_context(_stream(req, answering)), mimetype="text/event-stream", headers=HEADERS)
+
+
+def _complete(req: dict[str, Any], answering: Answering) -> Response:
+    """A non-streaming answer; cancelled when the client hangs up while waiting for it."""
+    gone = request.environ.get("waitress.client_disconnected")
     answer: Answer | None = None
-    for event in answering.events(keepalive_s=5.0):
+    for event in answering.events(keepalive_s=1.0):
+        if gone is not None and gone():
+            answering.cancel()
+            return Response(status=499)  # nobody reads it: the client closed the connection
         if event.kind == "error":
             raise ApiError(500, event.data, kind="server_error")
         if event.kind == "done":

@@ -56,6 +56,18 @@ class ServeConfig:
     """Tries to load the active bundle's model at start before falling back to the previous bundle."""
     load_retry_s: float = 10.0
     """Wait before the second try; doubled before each further one."""
+    api_keys: str = "auto"
+    """/v1 needs a key from `phibox admin new-api-key`: "auto" (when listening beyond loopback),
+    "required" or "off"."""
+    max_api_tokens: int = 512
+    """Largest max_tokens (and min_tokens) a /v1 client may ask for."""
+    max_chat_chars: int = 8000
+    """Largest total of characters over all of a /v1 request's messages (a RAG question is also
+    held to max_question_chars)."""
+    session_idle_min: int = 30
+    """An admin session ends after this many minutes without a request."""
+    session_max_h: int = 12
+    """An admin session ends this many hours after the login, whatever happens."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -68,6 +80,21 @@ class ServeConfig:
             raise ConfigError("load_attempts must be at least 1 and load_retry_s not negative")
         if self.backend not in ("", "gguf", "onnx"):
             raise ConfigError(f"backend must be gguf or onnx, not {self.backend!r}")
+        if self.api_keys not in ("auto", "required", "off"):
+            raise ConfigError(f"api_keys must be auto, required or off, not {self.api_keys!r}")
+        if self.max_api_tokens < 1 or self.max_chat_chars < self.max_question_chars:
+            raise ConfigError("max_api_tokens must be at least 1 and max_chat_chars at least max_question_chars")
+        if self.session_idle_min < 1 or self.session_max_h < 1:
+            raise ConfigError("session_idle_min and session_max_h must be at least 1")
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether the server listens on this machine only (then /v1 keys are optional under "auto")."""
+        return self.host in ("127.0.0.1", "::1", "localhost")
+
+    @property
+    def api_keys_required(self) -> bool:
+        return self.api_keys == "required" or (self.api_keys == "auto" and not self.loopback_only)
 
     @property
     def threads(self) -> int:

@@ -1,0 +1,235 @@
+"""The kiosk on a plant LAN, through a real server on loopback: /v1 needs a key and is bounded
+(tokens, characters, one job per client, a job whose client left is cancelled), admin sessions
+end (logout, new password, idle, age), and concurrent password guesses are all counted."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from test_admin import PASSWORD, Browser
+from test_serve import get, start_server
+
+from phibox.device.cli.main import main
+from phibox.device.config import EngineConfig
+from phibox.device.lifecycle import installer
+from phibox.device.lifecycle.state import StateDir
+from phibox.device.web import auth as admin_auth
+from phibox.device.web.settings import ServeConfig
+
+NORAG = "phibox-plant7-norag"
+
+
+@pytest.fixture(scope="module")
+def lan(lifecycle_files, admin_keys, tmp_path_factory):
+    """v3 on a state directory, served with /v1 keys required (as on 0.0.0.0), two keys made with the CLI."""
+    root = tmp_path_factory.mktemp("lan") / "state"
+    state = StateDir(root).init()
+    shutil.copy(admin_keys[1], state.keys / "admin.pub")
+    installer.install(lifecycle_files["v3"], state)
+    admin_auth.set_password(root, PASSWORD)
+    keys = {}
+    for name in ("mes-line2", "scada"):
+        out = root.parent / f"{name}.key"
+        assert main(["admin", "new-api-key", "--state", str(root), "--name", name, "--out", str(out)]) == 0
+        assert out.stat().st_mode & 0o777 == 0o600
+        keys[name] = out.read_text().strip()
+    proc, port = start_server(["--state", str(root), "--queue-size", "3", "--backend", "gguf"],
+                              env={"PHIBOX_API_KEYS": "required", "PHIBOX_MAX_API_TOKENS": "3500"})
+    yield {"state": state, "port": port, "keys": keys, "proc": proc}
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def v1(port: int, body: dict, key: str | None, timeout: float = 120) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers=headers)
+        r = conn.getresponse()
+        raw = r.read()
+        return r.status, json.loads(raw) if raw else {}
+    finally:
+        conn.close()
+
+
+def chat(content: str = "Fault E31?", **extra: object) -> dict:
+    return {"model": NORAG, "messages": [{"role": "user", "content": content}], "max_tokens": 8, **extra}
+
+
+def test_api_keys_are_required_beyond_loopback_by_default() -> None:
+    assert ServeConfig(host="0.0.0.0").api_keys_required
+    assert not ServeConfig(host="127.0.0.1").api_keys_required
+    assert ServeConfig(host="127.0.0.1", api_keys="required").api_keys_required
+
+
+def test_v1_without_a_valid_key_is_401(lan) -> None:
+    status, body = v1(lan["port"], chat(), None)
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    assert "phibox admin new-api-key" in body["error"]["message"]
+    assert v1(lan["port"], chat(), "pbx-guessed")[0] == 401
+    assert v1(lan["port"], chat(), lan["keys"]["mes-line2"])[0] == 200
+
+
+def test_token_and_length_caps_on_v1(lan) -> None:
+    key, port = lan["keys"]["mes-line2"], lan["port"]
+    status, body = v1(port, chat(max_tokens=4000), key)
+    assert status == 400 and "max_api_tokens" in body["error"]["message"]
+    assert v1(port, chat(max_tokens=8, min_tokens=9), key)[0] == 400
+    started = time.monotonic()
+    status, body = v1(port, {"model": "phibox-plant7", "messages": [{"role": "user", "content": "x" * 880_000}]},
+                      key)
+    assert status == 413 and time.monotonic() - started < 5  # refused up front, not after 26 s of CPU
+    status, body = v1(port, {"model": "phibox-plant7", "messages": [{"role": "user", "content": "E42 " * 300}]}, key)
+    assert status == 413 and "the limit is 1000" in body["error"]["message"]  # same limit as /api/ask
+    many = [{"role": "user", "content": "y" * 900}] * 10
+    status, body = v1(port, {"model": NORAG, "messages": many, "max_tokens": 8}, key)
+    assert status == 413 and "max_chat_chars" in body["error"]["message"]
+
+
+def open_stream(port: int, body: dict, key: str) -> tuple[socket.socket, object]:
+    payload = json.dumps({**body, "stream": True}).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+    reader = sock.makefile("rb")
+    assert reader.readline().startswith(b"HTTP/1.1 200")
+    while not reader.readline().startswith(b"data: {"):  # headers, then the first chunk
+        pass
+    return sock, reader
+
+
+def close(sock: socket.socket, reader) -> None:
+    reader.close()
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+def wait_idle(port: int, limit_s: float = 60) -> float:
+    started = time.monotonic()
+    while json.loads(get(port, "/healthz")[2])["generating"]:
+        assert time.monotonic() - started < limit_s
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def test_one_job_at_a_time_per_client(lan, no_stop) -> None:
+    port, keys = lan["port"], lan["keys"]
+    long = chat("Describe the plant.", max_tokens=3500, logit_bias=no_stop)
+    sock, reader = open_stream(port, long, keys["mes-line2"])
+    try:
+        status, body = v1(port, chat(), keys["mes-line2"])
+        assert status == 429 and body["error"]["code"] == "one_job_per_client"
+        other = open_stream(port, chat(max_tokens=4), keys["scada"])  # another client still gets in
+        close(*other)
+    finally:
+        close(sock, reader)
+    wait_idle(port)
+    assert v1(port, chat(), keys["mes-line2"])[0] == 200  # the stream's end let the client go
+
+
+def test_a_non_streaming_client_that_leaves_gets_its_job_cancelled(lan, no_stop) -> None:
+    port, key = lan["port"], lan["keys"]["scada"]
+    sock, reader = open_stream(port, chat("Describe the plant.", max_tokens=400, logit_bias=no_stop), key)
+    started = time.monotonic()
+    received = 0
+    while time.monotonic() - started < 1.0:
+        received += reader.readline().startswith(b"data: {")
+    rate = received / (time.monotonic() - started)
+    close(sock, reader)
+    wait_idle(port)
+
+    payload = json.dumps(chat("Describe the plant.", max_tokens=3500, logit_bias=no_stop)).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+    deadline = time.monotonic() + 30
+    while not json.loads(get(port, "/healthz")[2])["generating"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    sock.close()  # the client gives up without reading anything
+    stopped_after = wait_idle(port)
+    full = 3500 / max(rate, 1e-9)
+    assert stopped_after < full / 4, (rate, full, stopped_after)
+
+
+def test_sessions_end_on_logout_and_on_a_new_password(lan, tmp_path: Path) -> None:
+    port, state = lan["port"], lan["state"]
+    web, copy = Browser(port), Browser(port)
+    csrf = web.login()
+    copy.cookie = web.cookie  # the same cookie, stolen or left in another tab
+    status, headers, _ = web.request("GET", "/admin")
+    assert status == 200 and headers["Cache-Control"] == "no-store"
+    assert web.form("/admin/logout", {"csrf": csrf})[0] == 302
+    status, headers, _ = copy.request("GET", "/admin")
+    assert status == 302 and headers["Location"].endswith("/admin/login")
+
+    web.login()
+    password_file = tmp_path / "pw"
+    password_file.write_text(PASSWORD + "\n")
+    assert main(["admin", "set-password", "--state", str(state.root), "--password-file", str(password_file)]) == 0
+    assert web.request("GET", "/admin")[0] == 302
+
+
+def test_sessions_end_when_idle_and_when_old(lan, monkeypatch) -> None:
+    from phibox.device.service import DeviceService
+    from phibox.device.web import admin
+    from phibox.device.web.app import create_app
+    from phibox.device.web.metrics import Metrics
+
+    state = lan["state"]
+    service = DeviceService(state.current.resolve(), state.db, EngineConfig(), Metrics(), state=state)
+    client = create_app(service, ServeConfig(session_idle_min=30, session_max_h=12)).test_client()
+    now = [time.time()]
+    monkeypatch.setattr(admin.time, "time", lambda: now[0])
+
+    def login() -> None:
+        page = client.get("/admin/login").get_data(as_text=True)
+        csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        assert client.post("/admin/login", data={"csrf": csrf, "password": PASSWORD}).status_code == 302
+
+    login()
+    for _ in range(28):  # used every 24 min 40 s: alive for 11 h 31 min
+        now[0] += 25 * 60 - 20
+        assert client.get("/admin").status_code == 200
+    now[0] += 29.5 * 60  # not idle for 30 minutes, but 12 h after the login: it ends, however busy
+    assert client.get("/admin").status_code == 302
+    login()
+    now[0] += 31 * 60
+    assert client.get("/admin").status_code == 302  # 31 minutes untouched
+
+
+def test_concurrent_wrong_passwords_are_all_counted(lifecycle_files, admin_keys, tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    state = StateDir(root).init()
+    shutil.copy(admin_keys[1], state.keys / "admin.pub")
+    installer.install(lifecycle_files["v3"], state)
+    admin_auth.set_password(root, PASSWORD)
+    proc, port = start_server(["--state", str(root)], env={"PHIBOX_HTTP_THREADS": "12"})
+    try:
+        def guess(_: int) -> int:
+            web = Browser(port)
+            _, _, page = web.request("GET", "/admin/login")
+            return web.form("/admin/login", {"csrf": web.csrf(page), "password": "wrong guess"})[0]
+
+        with ThreadPoolExecutor(10) as pool:
+            codes = sorted(pool.map(guess, range(10)))
+        assert codes == [403] * 5 + [429] * 5
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_login_limiter_bounds_its_memory_and_backs_off_globally() -> None:
+    limiter = admin_auth.LoginLimiter(attempts=5, window_s=300, global_attempts=20, max_clients=8)
+    for i in range(19):
+        assert limiter.reserve(f"10.0.0.{i}") == 0
+    assert len(limiter.failures) == 8
+    assert limiter.reserve("10.0.1.1") == 0
+    assert limiter.reserve("10.0.1.2") > 0  # 20 failures from everyone: everyone waits
