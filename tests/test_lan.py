@@ -233,3 +233,78 @@ def test_login_limiter_bounds_its_memory_and_backs_off_globally() -> None:
     assert len(limiter.failures) == 8
     assert limiter.reserve("10.0.1.1") == 0
     assert limiter.reserve("10.0.1.2") > 0  # 20 failures from everyone: everyone waits
+
+
+def raw_get(port: int, path: str, host: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.putrequest("GET", path, skip_host=True)
+        conn.putheader("Host", host)
+        conn.endheaders()
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_only_the_kiosks_own_names_are_answered(lan) -> None:
+    port = lan["port"]
+    assert raw_get(port, "/healthz", "attacker.example") == 421  # a DNS-rebinding page
+    assert raw_get(port, "/healthz", f"attacker.example:{port}") == 421
+    for host in (f"127.0.0.1:{port}", "localhost", f"[::1]:{port}", f"{socket.gethostname()}:{port}"):
+        assert raw_get(port, "/healthz", host) == 200, host
+
+
+def test_allowed_hosts_from_the_settings() -> None:
+    cfg = ServeConfig(allowed_hosts="kiosk-3.plant.lan, Kiosk-4.plant.lan")
+    assert cfg.allowed_hosts == ("kiosk-3.plant.lan", "kiosk-4.plant.lan")
+
+
+@pytest.fixture()
+def app_client(lan):
+    from phibox.device.service import DeviceService
+    from phibox.device.web.app import create_app
+    from phibox.device.web.metrics import Metrics
+
+    state = lan["state"]
+    service = DeviceService(state.current.resolve(), state.db, EngineConfig(), Metrics(), state=state)
+    return service, create_app(service, ServeConfig()).test_client()
+
+
+def test_health_and_metrics_leak_nothing_to_the_lan(lan, app_client) -> None:
+    service, client = app_client
+    service.error = f"OSError: {lan['state'].root}/bundles/4/model/phi3.gguf: read failed"
+    body = client.get("/healthz").get_json()
+    assert str(lan["state"].root) not in json.dumps(body) and "admin page" in body["error"]
+    lan_client = {"REMOTE_ADDR": "10.0.0.9"}
+    assert client.get("/metrics", environ_base=lan_client).status_code == 403
+    key = {"Authorization": f"Bearer {lan['keys']['scada']}"}
+    assert client.get("/metrics", environ_base=lan_client, headers=key).status_code == 200
+    assert client.get("/metrics").status_code == 200  # this machine
+
+
+def test_small_bad_inputs_get_clear_4xx_not_500(lan) -> None:
+    port, key = lan["port"], lan["keys"]["scada"]
+    for k in ("0", "5000", "x"):
+        status, _, body = get(port, f"/api/search?q=press+E42&k={k}")
+        assert status == 400 and b"from 1 to 20" in body
+    nested = ("[" * 100_000 + "]" * 100_000).encode()
+    for path, headers in (("/api/ask", {}), ("/v1/chat/completions", {"Authorization": f"Bearer {key}"})):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", path, body=nested, headers={"Content-Type": "application/json", **headers})
+        assert conn.getresponse().status == 400, path
+        conn.close()
+
+
+def test_document_uploads_check_the_name_and_their_own_cap(lan) -> None:
+    port, state = lan["port"], lan["state"]
+    web = Browser(port)
+    csrf = web.login()
+    before = set(state.incoming.iterdir())
+    for name in ("bad%00name.md", "x" * 250 + ".md", "back%5Cslash.md"):
+        status, _, body = web.request("POST", f"/admin/documents/upload?name={name}", b"# Manual\n\ntext\n",
+                                      {"X-CSRF-Token": csrf, "Content-Type": "application/octet-stream"})
+        assert status == 400 and "file name" in body, (name, body)
+    status, _, body = web.request("POST", "/admin/documents/upload?name=huge.md", b"#" * (65 << 20),
+                                  {"X-CSRF-Token": csrf, "Content-Type": "application/octet-stream"})
+    assert status == 413 and "the limit is 64 MB" in body
+    assert set(state.incoming.iterdir()) == before

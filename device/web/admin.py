@@ -43,14 +43,21 @@ def state() -> StateDir:
     return svc.state_dir
 
 
+def _public(message: str) -> str:
+    """An error for the web: the device's own paths left out (they are in the log)."""
+    root = service().state_dir.root if service().state_dir else None
+    return message.replace(f"{root}/", "").replace(str(root), "the state directory") if root else message
+
+
 @bp.errorhandler(UploadError)
 def upload_error(exc: UploadError) -> tuple[Response, int]:
-    return jsonify(error=str(exc)), exc.status
+    return jsonify(error=_public(str(exc))), exc.status
 
 
 @bp.errorhandler(PhiboxError)
 def phibox_error(exc: PhiboxError) -> tuple[Response, int]:
-    return jsonify(error=str(exc)), 409
+    current_app.logger.warning("admin action refused: %s", exc)
+    return jsonify(error=_public(str(exc))), 409
 
 
 @bp.before_request
@@ -152,14 +159,14 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def receive_upload(folder: Path, suffix: str) -> Path:
+def receive_upload(folder: Path, suffix: str, cap_mb: int | None = None) -> Path:
     """Stream the request body to a new file in folder; size-capped, never held in memory."""
-    cap = settings().max_upload_mb << 20
+    cap = (cap_mb or settings().max_upload_mb) << 20
     length = request.content_length
     if length is None:
         raise UploadError("send the file as the request body with a Content-Length", 411)
     if length > cap:
-        raise UploadError(f"the upload is {length / 2**20:.0f} MB; the limit is {cap >> 20} MB (max_upload_mb)", 413)
+        raise UploadError(f"the upload is {length / 2**20:.0f} MB; the limit is {cap >> 20} MB", 413)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"upload-{secrets.token_hex(8)}{suffix}"
     received = 0
@@ -220,10 +227,16 @@ def upload_document() -> Response:
     name = os.path.basename(request.args.get("name", ""))
     if not name or Path(name).suffix.lower() not in EXTENSIONS or name.startswith("."):
         raise UploadError(f"send ?name=FILE with one of {', '.join(EXTENSIONS)}", 400)
+    if len(name.encode()) > 200 or any(ord(c) < 32 or c in "\\\x7f" for c in name):
+        raise UploadError("the file name must be at most 200 bytes, without control characters or backslashes: "
+                          "rename the file and upload it again", 400)
     manuals = state().root / "manuals"
-    tmp = receive_upload(state().incoming, Path(name).suffix)
-    manuals.mkdir(exist_ok=True)
-    os.replace(tmp, manuals / name)
+    tmp = receive_upload(state().incoming, Path(name).suffix, settings().max_document_mb)
+    try:
+        manuals.mkdir(exist_ok=True)
+        os.replace(tmp, manuals / name)
+    finally:
+        tmp.unlink(missing_ok=True)
     threading.Thread(target=service().reindex, args=(manuals,), daemon=True).start()
     return jsonify(saved=name, reindexing=True)
 

@@ -7,9 +7,11 @@ Every response carries a strict Content-Security-Policy: the page loads nothing 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import secrets
+import socket
 import time
 from typing import Any
 
@@ -47,17 +49,25 @@ def create_app(service: DeviceService, config: ServeConfig) -> Flask:
         body = {"status": service.state, "model": service.model_id, "bundle_version": service.bundle.manifest.version,
                 "queue": service.worker.depth(), "generating": service.worker.busy.is_set(),
                 "uptime_s": round(time.time() - service.started_at, 1)}
-        if service.error:
-            body["error"] = service.error
+        if service.error:  # the exception itself is in the log and on /admin, not on an open endpoint
+            body["error"] = "the model did not load: see the admin page or the service log"
         return jsonify(body)
 
     @app.get("/metrics")
-    def prometheus() -> Response:
+    def prometheus() -> Response | tuple[Response, int]:
+        if not (config.metrics_public or _local() or _has_api_key(service)):
+            return jsonify(error="/metrics is served to this machine or with a /v1 API key (metrics_public)"), 403
         return Response(metrics.render(), mimetype="text/plain; version=0.0.4")
 
+    names = _own_names(config)
+
     @app.before_request
-    def start_timer() -> None:
+    def start_timer() -> Response | tuple[Response, int] | None:
         g.started = time.perf_counter()
+        if not _host_allowed(request.host, names):
+            return jsonify(error=f"this kiosk does not answer to the name {request.host!r}: open it by its address "
+                                 "or add the name to allowed_hosts"), 421
+        return None
 
     @app.after_request
     def finish(response: Response) -> Response:
@@ -81,9 +91,44 @@ def create_app(service: DeviceService, config: ServeConfig) -> Flask:
     def not_found(_: Exception) -> tuple[Response, int]:
         return jsonify(error=f"no such page: {request.path}"), 404
 
+    @app.errorhandler(RecursionError)
+    def too_deep(_: Exception) -> tuple[Response, int]:
+        return jsonify(error="the JSON is nested too deeply"), 400
+
     @app.errorhandler(405)
     def wrong_method(_: Exception) -> tuple[Response, int]:
         return jsonify(error=f"{request.method} is not allowed on {request.path}"), 405
 
 
     return app
+
+
+def _own_names(config: ServeConfig) -> frozenset[str]:
+    """Host names the server answers to: localhost, this machine's names, and allowed_hosts."""
+    own = socket.gethostname().lower()
+    return frozenset({"localhost", own, own.split(".")[0], f"{own.split('.')[0]}.local",
+                      socket.getfqdn().lower(), *config.allowed_hosts})
+
+
+def _host_allowed(host: str, names: frozenset[str]) -> bool:
+    """An IP address (no DNS involved, so no rebinding) or one of the server's own names."""
+    if host.startswith("[") and "]" in host:  # [v6 address] with or without a port
+        name = host[1 : host.index("]")]
+    else:
+        name = host.split(":")[0] if host.count(":") == 1 else host
+    name = name.lower()
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return name in names
+
+
+def _local() -> bool:
+    return request.remote_addr in ("127.0.0.1", "::1")
+
+
+def _has_api_key(service: DeviceService) -> bool:
+    sent = request.headers.get("Authorization", "")
+    return (sent.startswith("Bearer ") and service.state_dir is not None
+            and auth.api_key_name(service.state_dir.root, sent.removeprefix("Bearer ").strip()) is not None)

@@ -18,6 +18,7 @@ from phibox.device.web.context import HttpError, service, settings
 from phibox.device.web.sse import HEADERS, kiosk_stream, passages_json
 
 bp = Blueprint("kiosk", __name__)
+MAX_K = 20
 
 
 class BadQuestion(HttpError):
@@ -67,6 +68,8 @@ def page() -> str:
 def api_search() -> Response | tuple[Response, int, dict[str, str]]:
     question = check_question(request.args.get("q"))
     k = request.args.get("k", type=int)
+    if "k" in request.args and (k is None or not 1 <= k <= MAX_K):
+        return jsonify(error=f"k must be a whole number from 1 to {MAX_K}"), 400, {}
     try:
         result = engine().search(question, k)
     except Unavailable as exc:

@@ -68,6 +68,13 @@ class ServeConfig:
     """An admin session ends after this many minutes without a request."""
     session_max_h: int = 12
     """An admin session ends this many hours after the login, whatever happens."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Names (Host header) the server answers to besides IP addresses, localhost and this machine's
+    own name: e.g. ("kiosk-3.plant.lan",). Other names get 421 (a DNS-rebinding page can't reach it)."""
+    metrics_public: bool = False
+    """Serve /metrics to any client; off: loopback, or a /v1 API key."""
+    max_document_mb: int = 64
+    """Largest manual an admin may upload."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -84,6 +91,10 @@ class ServeConfig:
             raise ConfigError(f"api_keys must be auto, required or off, not {self.api_keys!r}")
         if self.max_api_tokens < 1 or self.max_chat_chars < self.max_question_chars:
             raise ConfigError("max_api_tokens must be at least 1 and max_chat_chars at least max_question_chars")
+        if isinstance(self.allowed_hosts, str | list):
+            object.__setattr__(self, "allowed_hosts", _hosts(self.allowed_hosts))
+        if self.max_document_mb < 1:
+            raise ConfigError("max_document_mb must be at least 1")
         if self.session_idle_min < 1 or self.session_max_h < 1:
             raise ConfigError("session_idle_min and session_max_h must be at least 1")
 
@@ -99,6 +110,11 @@ class ServeConfig:
     @property
     def threads(self) -> int:
         return self.http_threads or self.queue_size + 6
+
+
+def _hosts(value: str | list[str]) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(h.strip().lower() for h in items if h.strip())
 
 
 def _coerce(name: str, kind: Any, raw: str) -> Any:
