@@ -64,6 +64,16 @@ def hostile(files, tmp_path: Path, admin_keys, case: str) -> Path:
         return tamper(v4, out, add=member("model/extra.bin"))
     if case == "missing file":
         return tamper(v4, out, drop="eval/parity.json")
+    if case == "directory entry":
+        return tamper(v4, out, add=member("model/extra", kind=tarfile.DIRTYPE))
+    if case == "huge pax header":  # 200 MB that tarfile would read into memory before any check
+        header = tarfile.TarInfo("././@PaxHeader")
+        header.type, header.size = tarfile.XHDTYPE, 200 << 20
+        with open(out, "wb") as fh:
+            fh.write(header.tobuf(format=tarfile.USTAR_FORMAT))
+            fh.seek(fh.tell() + header.size)  # a sparse hole: the test writes nothing big
+            fh.write(v4.read_bytes())
+        return out
     if case == "truncated":
         out.write_bytes(v4.read_bytes()[: v4.stat().st_size * 2 // 3])
         return out
@@ -72,8 +82,9 @@ def hostile(files, tmp_path: Path, admin_keys, case: str) -> Path:
 
 REFUSALS = {
     "flipped byte": "sha256 differs", "wrong key": "does not verify with any trusted key", "unsigned": "manifest.sig",
-    "dot-dot entry": "not a plain relative path", "absolute path": "not a plain relative path", "symlink": "is a link",
-    "device file": "device, fifo", "setuid bit": "setuid", "extra file": "not listed in the manifest",
+    "dot-dot entry": "not a plain relative path", "absolute path": "not a plain relative path",
+    "symlink": "regular files only", "device file": "regular files only", "directory entry": "regular files only",
+    "huge pax header": "209715200-byte pax header", "setuid bit": "setuid", "extra file": "not listed in the manifest",
     "missing file": "listed in the manifest but missing", "truncated": "truncated",
     "lower version": "older than the active 3", "replay": "already active", "needs newer phibox": "needs phibox 99.0.0",
 }

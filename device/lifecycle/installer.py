@@ -42,7 +42,7 @@ from phibox.device.bundle import (
 from phibox.device.errors import PhiboxError
 from phibox.device.faults import pause_at
 from phibox.device.fsutil import fsync_dir
-from phibox.device.lifecycle.bundle_tar import _read_small, listed_members
+from phibox.device.lifecycle.bundle_tar import _read_small, listed_members, open_bundle
 from phibox.device.lifecycle.state import StateDir
 
 
@@ -112,7 +112,7 @@ def unpack(path: Path, state: StateDir, *, allow_downgrade: bool = False) -> tup
         raise InstallError(f"{path}: no such bundle file (a .phibox file from `phibox export`)")
     check_disk(state, path.stat().st_size)
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with open_bundle(path) as tar:
             manifest_bytes = _read_small(tar, tar.next(), MANIFEST, path)
             sig_bytes = _read_small(tar, tar.next(), SIGNATURE, path)
             verify_signature(manifest_bytes, sig_bytes, trusted)
