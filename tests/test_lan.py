@@ -41,7 +41,8 @@ def lan(lifecycle_files, admin_keys, tmp_path_factory):
         assert out.stat().st_mode & 0o777 == 0o600
         keys[name] = out.read_text().strip()
     proc, port = start_server(["--state", str(root), "--queue-size", "3", "--backend", "gguf"],
-                              env={"PHIBOX_API_KEYS": "required", "PHIBOX_MAX_API_TOKENS": "3500"})
+                              env={"PHIBOX_API_KEYS": "required", "PHIBOX_MAX_API_TOKENS": "3500",
+                                   "PHIBOX_MAX_UPLOAD_MB": str(1 << 30)})  # so the disk check is reached
     yield {"state": state, "port": port, "keys": keys, "proc": proc}
     proc.terminate()
     proc.wait(timeout=30)
@@ -300,11 +301,94 @@ def test_document_uploads_check_the_name_and_their_own_cap(lan) -> None:
     web = Browser(port)
     csrf = web.login()
     before = set(state.incoming.iterdir())
-    for name in ("bad%00name.md", "x" * 250 + ".md", "back%5Cslash.md"):
-        status, _, body = web.request("POST", f"/admin/documents/upload?name={name}", b"# Manual\n\ntext\n",
-                                      {"X-CSRF-Token": csrf, "Content-Type": "application/octet-stream"})
-        assert status == 400 and "file name" in body, (name, body)
-    status, _, body = web.request("POST", "/admin/documents/upload?name=huge.md", b"#" * (65 << 20),
-                                  {"X-CSRF-Token": csrf, "Content-Type": "application/octet-stream"})
-    assert status == 413 and "the limit is 64 MB" in body
+    for name in ("bad\0name.md", "x" * 250 + ".md", "back\\slash.md"):
+        status, body = web.upload(csrf, "document", name, b"# Manual\n\ntext\n")
+        assert status == 400 and "file name" in body["error"], (name, body)
+    status, body = web.upload(csrf, "document", "huge.md", b"#" * (65 << 20))
+    assert status == 413 and "the limit is 64 MB" in body["error"]
     assert set(state.incoming.iterdir()) == before
+
+
+def api(port: int, method: str, path: str, token: str | None, body: bytes | None = None,
+        json_body: dict | None = None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if json_body is not None:
+            body, headers["Content-Type"] = json.dumps(json_body).encode(), "application/json"
+        conn.request(method, "/api/admin" + path, body=body, headers=headers)
+        r = conn.getresponse()
+        return r.status, json.loads(r.read() or b"{}")
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def push_token(lan) -> str:
+    out = lan["state"].root.parent / "push.token"
+    assert main(["admin", "new-token", "--state", str(lan["state"].root), "--out", str(out)]) == 0
+    return out.read_text().strip()
+
+
+def test_nothing_is_stored_before_the_token_is_checked(lan, push_token) -> None:
+    port, state = lan["port"], lan["state"]
+    status, _ = api(port, "PUT", "/uploads/abc?offset=0", None, body=b"\0" * (5 << 20))
+    assert status == 401
+    status, _ = api(port, "POST", "/uploads", "wrong", json_body={"kind": "bundle", "name": "a.phibox",
+                                                                    "size": 10})
+    assert status == 401 and not list(state.incoming.glob("upload-*"))
+
+
+def test_the_declared_size_is_checked_against_free_disk(lan, push_token) -> None:
+    free = shutil.disk_usage(lan["state"].root).free
+    status, body = api(lan["port"], "POST", "/uploads", push_token,
+                       json_body={"kind": "bundle", "name": "huge.phibox", "size": free // 2 + (1 << 30)})
+    assert status == 507 and "not enough disk" in body["error"]
+    assert not list(lan["state"].incoming.glob("upload-*"))
+
+
+def test_one_upload_at_a_time_and_a_cancel_frees_the_slot(lan, push_token) -> None:
+    port = lan["port"]
+    status, first = api(port, "POST", "/uploads", push_token, json_body={"kind": "bundle", "name": "a.phibox",
+                                                                          "size": 1000})
+    assert status == 200
+    status, body = api(port, "POST", "/uploads", push_token, json_body={"kind": "bundle", "name": "b.phibox",
+                                                                         "size": 1000})
+    assert status == 409 and "another upload (a.phibox, 0 of 1000 bytes)" in body["error"]
+    assert api(port, "PUT", f"/uploads/{first['id']}?offset=10", push_token, body=b"x" * 10)[0] == 409
+    assert api(port, "PUT", f"/uploads/{first['id']}?offset=0", push_token, body=b"x" * 10)[1]["received"] == 10
+    assert api(port, "POST", f"/uploads/{first['id']}/finish", push_token)[0] == 409  # 10 of 1000 bytes
+    assert api(port, "DELETE", f"/uploads/{first['id']}", push_token)[0] == 200
+    status, second = api(port, "POST", "/uploads", push_token, json_body={"kind": "bundle", "name": "b.phibox",
+                                                                           "size": 1000})
+    assert status == 200
+    api(port, "DELETE", f"/uploads/{second['id']}", push_token)
+
+
+def test_an_interrupted_push_resumes_where_it_stopped(lan, push_token, lifecycle_files, tmp_path: Path,
+                                                      capsys) -> None:
+    import hashlib
+
+    port, state, v4 = lan["port"], lan["state"], lifecycle_files["v4"]
+    data = v4.read_bytes()
+    status, up = api(port, "POST", "/uploads", push_token, json_body={
+        "kind": "bundle", "name": v4.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    assert status == 200
+    first = min(up["piece_bytes"], len(data) // 2)
+    assert api(port, "PUT", f"/uploads/{up['id']}?offset=0", push_token, body=data[:first])[0] == 200
+    # a piece cut off by a dropped connection never reaches the device: the upload stays where it was
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"PUT /api/admin/uploads/" + up["id"].encode() + b"?offset=%d HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Authorization: Bearer " % first + push_token.encode() + b"\r\nContent-Length: 4000\r\n\r\n"
+                 + b"y" * 1000)
+    sock.close()
+    time.sleep(0.5)
+    assert api(port, "GET", f"/uploads/{up['id']}", push_token)[1]["received"] == first
+    token_file = tmp_path / "token"
+    token_file.write_text(push_token)
+    assert main(["push", str(v4), "--to", f"http://127.0.0.1:{port}", "--token-file", str(token_file),
+                 "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert f"resuming the upload at {first} of {len(data)} bytes" in captured.err
+    assert "v4 installed, health check ok" in captured.out and state.active_version() == 4
+    assert not list(state.incoming.glob("upload-*"))

@@ -1,11 +1,13 @@
-"""`phibox push BUNDLE --to URL --token-file F`: upload a bundle to one device, which verifies,
-installs, activates and health-checks it; prints the outcome."""
+"""`phibox push BUNDLE --to URL --token-file F`: upload a bundle to one device in pieces (resuming an
+interrupted push), which then verifies, installs, activates and health-checks it; prints the outcome."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.client
 import json
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,38 +17,91 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", required=True, help="the device, e.g. http://kiosk-3:8080")
     parser.add_argument("--token-file", type=Path, required=True, help="file holding the device's API token")
     parser.add_argument("--allow-downgrade", action="store_true", help="install even if older than the active one")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def push(bundle: Path, url: str, token: str, allow_downgrade: bool = False, timeout: float = 1800) -> tuple[int, dict]:
-    """Stream the bundle to the device's /api/admin/bundles; returns (HTTP status, JSON body)."""
-    from phibox.device.errors import ConfigError
+class _Device:
+    """One keep-alive connection to a device's /api/admin, JSON in and out."""
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"--to {url!r} must look like http://host:port")
-    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.hostname, parts.port, timeout=timeout)
-    path = "/api/admin/bundles" + ("?allow_downgrade=1" if allow_downgrade else "")
+    def __init__(self, url: str, token: str, timeout: float) -> None:
+        from phibox.device.errors import ConfigError
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--to {url!r} must look like http://host:port")
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        self.url, self.conn = url, cls(parts.hostname, parts.port, timeout=timeout)
+        self.auth = {"Authorization": f"Bearer {token}"}
+
+    def call(self, method: str, path: str, body: bytes | None = None, json_body: dict | None = None
+             ) -> tuple[int, dict]:
+        from phibox.device.errors import ConfigError
+
+        headers = dict(self.auth)
+        if json_body is not None:
+            body, headers["Content-Type"] = json.dumps(json_body).encode(), "application/json"
+        elif body is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        try:
+            self.conn.request(method, "/api/admin" + path, body=body, headers=headers)
+            response = self.conn.getresponse()
+            raw = response.read()
+        except OSError as exc:
+            self.conn.close()
+            raise ConfigError(f"cannot reach {self.url}: {exc}; run the push again to resume") from exc
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            return response.status, {"error": raw.decode(errors="replace")[:500]}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def push(bundle: Path, url: str, token: str, allow_downgrade: bool = False, timeout: float = 1800,
+         progress: bool = False) -> tuple[int, dict]:
+    """Upload the bundle in pieces (resuming one the device already holds part of), then have the
+    device install it; returns (HTTP status, JSON body) of the step that ended it."""
+    from tqdm.auto import tqdm
+
+    size = bundle.stat().st_size
+    device = _Device(url, token, timeout)
     try:
-        with open(bundle, "rb") as fh:
-            conn.request("POST", path, body=fh, headers={
-                "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream",
-                "Content-Length": str(bundle.stat().st_size)})
-        response = conn.getresponse()
-        raw = response.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot reach {url}: {exc}") from exc
+        status, body = device.call("POST", "/uploads", json_body={
+            "kind": "bundle", "name": bundle.name, "size": size, "sha256": _sha256(bundle)})
+        if status != 200:
+            return status, body
+        upload, offset, piece = body["id"], int(body["received"]), int(body["piece_bytes"])
+        if offset:
+            print(f"resuming the upload at {offset} of {size} bytes", file=sys.stderr)
+        bar = tqdm(total=size, initial=offset, unit="B", unit_scale=True, desc=f"push {bundle.name}",
+                   disable=not progress, dynamic_ncols=True)
+        with open(bundle, "rb") as fh, bar:
+            fh.seek(offset)
+            while offset < size:
+                data = fh.read(piece)
+                status, body = device.call("PUT", f"/uploads/{upload}?offset={offset}", body=data)
+                if status != 200:
+                    return status, body
+                offset = int(body["received"])
+                fh.seek(offset)
+                bar.update(offset - bar.n)
+        return device.call("POST", f"/uploads/{upload}/finish" + ("?allow_downgrade=1" if allow_downgrade else ""))
     finally:
-        conn.close()
-    try:
-        return response.status, json.loads(raw)
-    except ValueError:
-        return response.status, {"error": raw.decode(errors="replace")[:500]}
+        device.close()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def run(args: argparse.Namespace) -> int:
     token = args.token_file.read_text().strip()
-    status, body = push(args.bundle, args.to, token, args.allow_downgrade)
+    status, body = push(args.bundle, args.to, token, args.allow_downgrade, progress=not args.no_progress)
     if status == 200:
         print(f"{args.to}: {body['name']} v{body['installed']} installed, health check {body['health']}, active")
         return 0

@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from phibox.device.web.app import create_app
     from phibox.device.web.metrics import Metrics
     from phibox.device.web.settings import load_serve_config
+    from phibox.device.web.uploads import BODY_CAP_BYTES
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config, engine = load_serve_config(args.config, host=args.host, port=args.port, queue_size=args.queue_size,
@@ -58,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"phibox kiosk on http://{config.host}:{config.port}/  (bundle {service.bundle.manifest.name} "
           f"v{service.bundle.manifest.version}; model loading in the background)", flush=True)
     try:
-        # Waitress spools request bodies over 512 KB to a temporary file (never whole in memory) and
-        # answers 413 itself above max_request_body_size.
+        # Waitress reads a whole request body (spooled to a temporary file above 512 KB) before the app
+        # runs, so the cap is one upload piece: big files come in pieces, each checked (web/uploads.py).
         # channel_request_lookahead lets a handler see that its client hung up (then the job is cancelled).
         serve(app, host=config.host, port=config.port, threads=config.threads, channel_timeout=300,
-              ident="phibox", max_request_body_size=config.max_upload_mb << 20, channel_request_lookahead=1)
+              ident="phibox", max_request_body_size=BODY_CAP_BYTES, channel_request_lookahead=1)
     finally:
         stop.set()
         service.close()

@@ -26,14 +26,11 @@ from phibox.device.lifecycle import installer
 from phibox.device.lifecycle.state import StateDir
 from phibox.device.rag.readers import EXTENSIONS
 from phibox.device.web import auth as admin_auth
-from phibox.device.web.context import HttpError, service, settings
+from phibox.device.web.context import service, settings
+from phibox.device.web.uploads import PIECE_BYTES, UploadArea, UploadError
 
 bp = Blueprint("admin", __name__)
 CHUNK = 1 << 20
-
-
-class UploadError(HttpError):
-    """An upload or admin action refused, with its HTTP status."""
 
 
 def state() -> StateDir:
@@ -76,7 +73,7 @@ def guard() -> Any:
         if request.method == "GET":
             return redirect(url_for("admin.login"))
         return jsonify(error="log in first"), 401
-    if request.method == "POST":
+    if request.method not in ("GET", "HEAD"):
         is_form = request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data")
         sent = request.headers.get("X-CSRF-Token") or (request.form.get("csrf", "") if is_form else "")
         if not sent or not secrets.compare_digest(sent, session.get("csrf", "")):
@@ -159,54 +156,92 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def receive_upload(folder: Path, suffix: str, cap_mb: int | None = None) -> Path:
-    """Stream the request body to a new file in folder; size-capped, never held in memory."""
-    cap = (cap_mb or settings().max_upload_mb) << 20
-    length = request.content_length
-    if length is None:
-        raise UploadError("send the file as the request body with a Content-Length", 411)
-    if length > cap:
-        raise UploadError(f"the upload is {length / 2**20:.0f} MB; the limit is {cap >> 20} MB", 413)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"upload-{secrets.token_hex(8)}{suffix}"
-    received = 0
-    stream = request.environ["wsgi.input"]
-    try:
-        with open(target, "xb") as out:
-            while received < length:
-                chunk = stream.read(min(CHUNK, length - received))
-                if not chunk:
-                    break
-                out.write(chunk)
-                received += len(chunk)
-        if received < length:
-            raise UploadError(f"the upload stopped after {received} of {length} bytes (truncated); send it again", 400)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
-    return target
+def uploads() -> UploadArea:
+    area: UploadArea | None = current_app.config["PHIBOX_UPLOADS"]
+    if area is None:
+        raise UploadError("this server runs a bundle folder, not a device state directory: uploads are off", 409)
+    return area
 
 
-def install_upload(allow_downgrade: bool = False) -> dict[str, Any]:
+def _checked_name(kind: str, raw: object) -> str:
+    name = os.path.basename(raw) if isinstance(raw, str) else ""
+    if not name or name.startswith(".") or len(name.encode()) > 200 or any(ord(c) < 32 or c in "\\\x7f"
+                                                                            for c in name):
+        raise UploadError("the file name must be 1-200 bytes, not start with '.', and hold no control characters "
+                          "or backslashes: rename the file and upload it again", 400)
+    if kind == "document" and Path(name).suffix.lower() not in EXTENSIONS:
+        raise UploadError(f"a manual must be one of {', '.join(EXTENSIONS)}", 400)
+    return name
+
+
+def _route(rule: str, **options: Any):
+    """The same view for the admin page (session + CSRF) and for machines (/api/admin, push token)."""
+    def register(view):
+        bp.add_url_rule(f"/admin{rule}", view_func=view, **options)
+        bp.add_url_rule(f"/api/admin{rule}", endpoint=f"api_{view.__name__}", view_func=view, **options)
+        return view
+    return register
+
+
+@_route("/uploads", methods=["POST"])
+def begin_upload() -> Response:
+    """Declare an upload: {"kind": "bundle"|"document", "name", "size", "sha256"?}; resumes a match."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise UploadError('send JSON like {"kind": "bundle", "name": "plant7-v4.phibox", "size": 123}', 400)
+    kind = body.get("kind")
+    name = _checked_name(str(kind), body.get("name"))
+    cfg = settings()
+    cap = (cfg.max_upload_mb if kind == "bundle" else cfg.max_document_mb) << 20
+    upload = uploads().begin(str(kind), name, body.get("size"), str(body.get("sha256") or ""), cap,
+                             disk_factor=2.05 if kind == "bundle" else 1.05)
+    return jsonify(id=upload.id, size=upload.size, received=uploads().received(upload), piece_bytes=PIECE_BYTES)
+
+
+@_route("/uploads/<upload_id>", methods=["GET"])
+def upload_status(upload_id: str) -> Response:
+    upload = uploads().get(upload_id)
+    return jsonify(id=upload.id, size=upload.size, received=uploads().received(upload))
+
+
+@_route("/uploads/<upload_id>", methods=["PUT"])
+def upload_piece(upload_id: str) -> Response:
+    area = uploads()
+    upload = area.get(upload_id)
+    offset = request.args.get("offset", type=int)
+    if offset is None:
+        raise UploadError("send each piece with ?offset=N (where the upload stands)", 400)
+    received = area.write(upload, offset, request.content_length, request.environ["wsgi.input"])
+    return jsonify(id=upload.id, size=upload.size, received=received)
+
+
+@_route("/uploads/<upload_id>", methods=["DELETE"])
+def cancel_upload(upload_id: str) -> Response:
+    uploads().cancel(uploads().get(upload_id))
+    return jsonify(cancelled=upload_id)
+
+
+@_route("/uploads/<upload_id>/finish", methods=["POST"])
+def finish_upload(upload_id: str) -> Response:
+    """All pieces are in: install the bundle (health-checked, live) or file the manual and re-index."""
+    area = uploads()
+    upload = area.get(upload_id)
+    path = area.finish(upload)
     svc, st = service(), state()
-    path = receive_upload(st.incoming, ".phibox")
     try:
-        result = installer.install(path, st, health_check=svc.activate, allow_downgrade=allow_downgrade,
+        if upload.kind == "document":
+            manuals = st.root / "manuals"
+            manuals.mkdir(exist_ok=True)
+            os.replace(path, manuals / upload.name)
+            threading.Thread(target=svc.reindex, args=(manuals,), daemon=True).start()
+            return jsonify(saved=upload.name, reindexing=True)
+        result = installer.install(path, st, health_check=svc.activate,
+                                   allow_downgrade=request.args.get("allow_downgrade") == "1",
                                    keep=settings().keep_bundles)
     finally:
         path.unlink(missing_ok=True)
-    return {"installed": result.version, "previous": result.previous, "name": result.manifest.name,
-            "health": "ok", "active": st.active_version()}
-
-
-@bp.post("/admin/bundles/upload")
-def upload_bundle() -> Response:
-    return jsonify(install_upload())
-
-
-@bp.post("/api/admin/bundles")
-def api_push_bundle() -> Response:
-    return jsonify(install_upload(allow_downgrade=request.args.get("allow_downgrade") == "1"))
+    return jsonify(installed=result.version, previous=result.previous, name=result.manifest.name, health="ok",
+                   active=st.active_version())
 
 
 @bp.post("/admin/bundles/activate/<int:version>")
@@ -220,25 +255,6 @@ def activate(version: int) -> Any:
 def rollback() -> Any:
     installer.rollback(state(), service().activate)
     return redirect(url_for("admin.status"))
-
-
-@bp.post("/admin/documents/upload")
-def upload_document() -> Response:
-    name = os.path.basename(request.args.get("name", ""))
-    if not name or Path(name).suffix.lower() not in EXTENSIONS or name.startswith("."):
-        raise UploadError(f"send ?name=FILE with one of {', '.join(EXTENSIONS)}", 400)
-    if len(name.encode()) > 200 or any(ord(c) < 32 or c in "\\\x7f" for c in name):
-        raise UploadError("the file name must be at most 200 bytes, without control characters or backslashes: "
-                          "rename the file and upload it again", 400)
-    manuals = state().root / "manuals"
-    tmp = receive_upload(state().incoming, Path(name).suffix, settings().max_document_mb)
-    try:
-        manuals.mkdir(exist_ok=True)
-        os.replace(tmp, manuals / name)
-    finally:
-        tmp.unlink(missing_ok=True)
-    threading.Thread(target=service().reindex, args=(manuals,), daemon=True).start()
-    return jsonify(saved=name, reindexing=True)
 
 
 @bp.post("/admin/documents/delete")

@@ -21,6 +21,7 @@ from phibox.device.service import DeviceService
 from phibox.device.web import admin, auth, kiosk, openai_api
 from phibox.device.web.metrics import Metrics
 from phibox.device.web.settings import ServeConfig
+from phibox.device.web.uploads import UploadArea
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -36,10 +37,11 @@ def create_app(service: DeviceService, config: ServeConfig) -> Flask:
     app.config.update(
         PHIBOX_SERVICE=service, PHIBOX_SERVE=config, PHIBOX_LIMITER=auth.LoginLimiter(),
         PHIBOX_CLIENT_JOBS=openai_api.ClientJobs(),
+        PHIBOX_UPLOADS=UploadArea(service.state_dir.incoming) if service.state_dir else None,
         SECRET_KEY=auth.session_secret(service.state_dir.root) if service.state_dir else secrets.token_bytes(32),
         SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_SECURE=config.secure_cookies,
         SESSION_COOKIE_NAME="phibox_admin", MAX_CONTENT_LENGTH=1 << 20,
-    )  # uploads (admin) stream wsgi.input themselves under their own cap; JSON and forms stay small
+    )  # upload pieces (web/uploads.py) stream wsgi.input themselves; JSON and forms stay small
     app.register_blueprint(kiosk.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(admin.bp)

@@ -1,25 +1,45 @@
-// phibox admin: uploads with progress bars (streamed as the raw request body), re-index progress.
+// phibox admin: uploads in resumable pieces with progress bars, re-index progress.
 "use strict";
 
 const csrf = document.body.dataset.csrf;
 const $ = (id) => document.getElementById(id);
 
-function upload(url, file, bar, out, done) {
-  const xhr = new XMLHttpRequest();
-  xhr.open("POST", url);
-  xhr.setRequestHeader("X-CSRF-Token", csrf);
-  xhr.setRequestHeader("Content-Type", "application/octet-stream");
+async function call(method, url, body, isJson) {
+  const headers = { "X-CSRF-Token": csrf };
+  if (body !== undefined) headers["Content-Type"] = isJson ? "application/json" : "application/octet-stream";
+  let response;
+  try {
+    response = await fetch(url, { method, headers, body });
+  } catch (err) {
+    throw new Error("the connection was lost; choose the same file and upload it again to continue");
+  }
+  let data = {};
+  try { data = await response.json(); } catch (err) { data = { error: response.statusText }; }
+  if (!response.ok) throw new Error(data.error || String(response.status));
+  return data;
+}
+
+// Declare the upload, send it in pieces from where the device stands (so an interrupted upload
+// continues), then finish it: a bundle is installed and health-checked, a manual filed and indexed.
+async function upload(kind, file, bar, out, done) {
   bar.hidden = false;
-  xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = (100 * e.loaded) / e.total; };
-  xhr.upload.onload = () => { out.textContent = "Uploaded; verifying and checking…"; };
-  xhr.onload = () => {
-    let body = {};
-    try { body = JSON.parse(xhr.responseText); } catch (err) { body = { error: xhr.statusText }; }
-    out.textContent = xhr.status === 200 ? done(body) : "Refused: " + (body.error || xhr.status);
-    if (xhr.status === 200) setTimeout(() => location.reload(), 1200);
-  };
-  xhr.onerror = () => { out.textContent = "The upload failed: connection lost."; };
-  xhr.send(file);
+  try {
+    const up = await call("POST", "/admin/uploads", JSON.stringify({ kind, name: file.name, size: file.size }), true);
+    let offset = up.received;
+    while (offset < file.size) {
+      bar.value = (100 * offset) / file.size;
+      out.textContent = "Uploading " + (offset / 1e6).toFixed(0) + " of " + (file.size / 1e6).toFixed(0) + " MB…";
+      const piece = await call("PUT", "/admin/uploads/" + up.id + "?offset=" + offset,
+        file.slice(offset, offset + up.piece_bytes));
+      offset = piece.received;
+    }
+    bar.value = 100;
+    out.textContent = kind === "bundle" ? "Uploaded; verifying and checking…" : "Uploaded; saving…";
+    out.textContent = done(await call("POST", "/admin/uploads/" + up.id + "/finish"));
+    if (kind === "bundle") setTimeout(() => location.reload(), 1200);
+  } catch (err) {
+    out.textContent = "Refused: " + err.message;
+  }
 }
 
 function pollIngest() {
@@ -36,14 +56,14 @@ document.addEventListener("DOMContentLoaded", () => {
   $("bundle-upload").addEventListener("click", () => {
     const file = $("bundle-file").files[0];
     if (!file) { $("bundle-result").textContent = "Choose a .phibox file first."; return; }
-    upload("/admin/bundles/upload", file, $("bundle-progress"), $("bundle-result"),
+    upload("bundle", file, $("bundle-progress"), $("bundle-result"),
       (b) => "Installed " + b.name + " v" + b.installed + ": health check ok, now active.");
   });
   $("doc-upload").addEventListener("click", () => {
     const file = $("doc-file").files[0];
     if (!file) { $("doc-result").textContent = "Choose a document first."; return; }
-    upload("/admin/documents/upload?name=" + encodeURIComponent(file.name), file, $("doc-progress"),
-      $("doc-result"), (b) => { setTimeout(pollIngest, 300); return "Saved " + b.saved + "; indexing…"; });
+    upload("document", file, $("doc-progress"), $("doc-result"),
+      (b) => { setTimeout(pollIngest, 300); return "Saved " + b.saved + "; indexing…"; });
   });
   $("reindex").addEventListener("click", () => {
     fetch("/admin/documents/reindex", { method: "POST", headers: { "X-CSRF-Token": csrf } })
