@@ -71,8 +71,10 @@ def check_raw_headers(path: Path) -> int:
                                   "refusing the bundle")
             pos += _BLOCK + -(-size // _BLOCK) * _BLOCK
             count += 1
-            if pos > total or count > MAX_MEMBERS:
-                raise BundleError(f"{path}: the bundle is truncated or holds too many members; copy it again")
+            if pos > total:
+                raise BundleError(f"{path}: the bundle ends early (truncated at {total} bytes); copy it again")
+            if count > MAX_MEMBERS:
+                raise BundleError(f"{path}: more than {MAX_MEMBERS} members; not a phibox bundle")
 
 
 def _open(path: Path) -> tarfile.TarFile:
