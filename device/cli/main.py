@@ -32,7 +32,7 @@ _DEVICE, _EXPORT, _TRAIN = "phibox.device.cli.", "phibox.export.cli.", "phibox.t
 
 COMMANDS: dict[str, Command] = {
     "doctor": Command(_DEVICE + "doctor", "check this machine's runtimes, SQLite and extensions", "device"),
-    "serve": Command(_DEVICE + "serve", "serve the kiosk page and API (waitress)", "device"),
+    "serve": Command(_DEVICE + "serve", "serve the kiosk page and API (waitress; cheroot for HTTPS)", "device"),
     "ingest": Command(_DEVICE + "ingest", "index manuals (.md .txt .html .pdf) into the documents database", "device"),
     "search": Command(_DEVICE + "search", "show the passages retrieval finds for a question", "device"),
     "ask": Command(_DEVICE + "ask", "answer a question from the manuals, streamed, with sources", "device"),
@@ -43,6 +43,7 @@ COMMANDS: dict[str, Command] = {
     "export": Command(_EXPORT + "export", "turn a merged checkpoint into a signed bundle (build box)", "export"),
     "bundle": Command(_DEVICE + "bundle", "verify, inspect, install or roll back bundles", "device"),
     "admin": Command(_DEVICE + "admin", "set the admin password or make an API token", "device"),
+    "tls": Command(_DEVICE + "tls", "make or show the device's HTTPS certificate and its fingerprint", "device"),
     "push": Command(_DEVICE + "push", "upload a bundle to one device and report its health check", "device"),
     "pull": Command(_DEVICE + "pull", "install the newest bundle from a fleet channel (HTTP folder)", "device"),
     "publish": Command(_DEVICE + "publish", "put a bundle in a fleet channel folder (signed channel.json)", "device"),

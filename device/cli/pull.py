@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"not pulling {channel.name} v{channel.version}: on this device it {blocked['reason']} "
               f"({blocked['at']}). Publish a newer version, or `phibox bundle allow {channel.version}` to retry it")
         return 0
-    target = args.device or (server["url"] if (server := state.running_server()) else None)
+    server = None if args.device else state.running_server()
+    target = args.device or (server["url"] if server else None)
     token = _token(args.token_file, state) if target else None
     path = download(args.url, channel, state, args.deadline)
     try:
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         if target:
             from phibox.device.cli.push import push
 
-            status, body = push(path, target, token)
+            status, body = push(path, target, token, fingerprint=server.get("fingerprint") if server else None)
             if status != 200:
                 state.record("pull_refused", version=channel.version, reason=str(body.get("error", body)))
                 print(f"{target} refused v{channel.version} ({status}): {body.get('error', body)}")

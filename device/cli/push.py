@@ -17,20 +17,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", required=True, help="the device, e.g. http://kiosk-3:8080")
     parser.add_argument("--token-file", type=Path, required=True, help="file holding the device's API token")
     parser.add_argument("--allow-downgrade", action="store_true", help="install even if older than the active one")
+    parser.add_argument("--fingerprint", default=None,
+                        help="for https: the SHA-256 fingerprint `phibox tls init` printed on the device (pinned; "
+                             "nothing is sent to a server with another certificate)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 class _Device:
     """One keep-alive connection to a device's /api/admin, JSON in and out."""
 
-    def __init__(self, url: str, token: str, timeout: float) -> None:
+    def __init__(self, url: str, token: str, timeout: float, fingerprint: str | None) -> None:
         from phibox.device.errors import ConfigError
+        from phibox.device.lifecycle.tls import PinnedHTTPSConnection
 
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"--to {url!r} must look like http://host:port")
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        self.url, self.conn = url, cls(parts.hostname, parts.port, timeout=timeout)
+            raise ConfigError(f"--to {url!r} must look like http://host:port or https://host:port")
+        if fingerprint and parts.scheme != "https":
+            raise ConfigError("--fingerprint pins an HTTPS certificate: use an https:// URL")
+        self.url = url
+        self.conn: http.client.HTTPConnection
+        if fingerprint:
+            self.conn = PinnedHTTPSConnection(parts.hostname, parts.port, fingerprint, timeout)
+        elif parts.scheme == "https":
+            self.conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout)
+        else:
+            self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
         self.auth = {"Authorization": f"Bearer {token}"}
 
     def call(self, method: str, path: str, body: bytes | None = None, json_body: dict | None = None
@@ -59,13 +71,13 @@ class _Device:
 
 
 def push(bundle: Path, url: str, token: str, allow_downgrade: bool = False, timeout: float = 1800,
-         progress: bool = False) -> tuple[int, dict]:
+         progress: bool = False, fingerprint: str | None = None) -> tuple[int, dict]:
     """Upload the bundle in pieces (resuming one the device already holds part of), then have the
     device install it; returns (HTTP status, JSON body) of the step that ended it."""
     from tqdm.auto import tqdm
 
     size = bundle.stat().st_size
-    device = _Device(url, token, timeout)
+    device = _Device(url, token, timeout, fingerprint)
     try:
         status, body = device.call("POST", "/uploads", json_body={
             "kind": "bundle", "name": bundle.name, "size": size, "sha256": _sha256(bundle)})
@@ -101,7 +113,8 @@ def _sha256(path: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     token = args.token_file.read_text().strip()
-    status, body = push(args.bundle, args.to, token, args.allow_downgrade, progress=not args.no_progress)
+    status, body = push(args.bundle, args.to, token, args.allow_downgrade, progress=not args.no_progress,
+                        fingerprint=args.fingerprint)
     if status == 200:
         print(f"{args.to}: {body['name']} v{body['installed']} installed, health check {body['health']}, active")
         return 0

@@ -6,6 +6,12 @@ import argparse
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from phibox.device.web.settings import ServeConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from waitress import serve
-
     from phibox.device import paths
     from phibox.device.errors import ConfigError
     from phibox.device.lifecycle.sdnotify import start_notifier
@@ -33,7 +37,6 @@ def run(args: argparse.Namespace) -> int:
     from phibox.device.web.app import create_app
     from phibox.device.web.metrics import Metrics
     from phibox.device.web.settings import load_serve_config
-    from phibox.device.web.uploads import BODY_CAP_BYTES
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config, engine = load_serve_config(args.config, host=args.host, port=args.port, queue_size=args.queue_size,
@@ -51,22 +54,54 @@ def run(args: argparse.Namespace) -> int:
                             load_retry_s=config.load_retry_s, memory_budget_mb=config.memory_budget_mb)
     service.start()
     app = create_app(service, config)
+    scheme = "https" if config.tls else "http"
     if state is not None:
-        state.mark_server(config.host, config.port)
+        state.mark_server(config.host, config.port, scheme, _fingerprint(config))
     stop = threading.Event()
     start_notifier(service.ready, lambda: f"{service.state}: {service.model_id} v{service.bundle.manifest.version}",
                    lambda: service.worker.heartbeat, stop)
-    print(f"phibox kiosk on http://{config.host}:{config.port}/  (bundle {service.bundle.manifest.name} "
+    print(f"phibox kiosk on {scheme}://{config.host}:{config.port}/  (bundle {service.bundle.manifest.name} "
           f"v{service.bundle.manifest.version}; model loading in the background)", flush=True)
     try:
-        # Waitress reads a whole request body (spooled to a temporary file above 512 KB) before the app
-        # runs, so the cap is one upload piece: big files come in pieces, each checked (web/uploads.py).
-        # channel_request_lookahead lets a handler see that its client hung up (then the job is cancelled).
-        serve(app, host=config.host, port=config.port, threads=config.threads, channel_timeout=300,
-              ident="phibox", max_request_body_size=BODY_CAP_BYTES, channel_request_lookahead=1)
+        (_serve_https if config.tls else _serve_http)(app, config)
     finally:
         stop.set()
         service.close()
         if state is not None:
             state.clear_server()
     return 0
+
+
+def _serve_http(app: Flask, config: ServeConfig) -> None:
+    from waitress import serve
+
+    from phibox.device.web.uploads import BODY_CAP_BYTES
+
+    # Waitress reads a whole request body (spooled to a temporary file above 512 KB) before the app
+    # runs, so the cap is one upload piece: big files come in pieces, each checked (web/uploads.py).
+    # channel_request_lookahead lets a handler see that its client hung up (then the job is cancelled).
+    serve(app, host=config.host, port=config.port, threads=config.threads, channel_timeout=300, ident="phibox",
+          max_request_body_size=BODY_CAP_BYTES, channel_request_lookahead=1)
+
+
+def _serve_https(app: Flask, config: ServeConfig) -> None:
+    """HTTPS with cheroot (waitress has no TLS): its standard-library TLS adapter, the same body cap."""
+    from cheroot import wsgi
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+    from phibox.device.web.uploads import BODY_CAP_BYTES
+
+    server = wsgi.Server((config.host, config.port), app, numthreads=config.threads, server_name="phibox",
+                         max=-1, request_queue_size=16, timeout=300, shutdown_timeout=5)
+    server.max_request_body_size = BODY_CAP_BYTES
+    server.ssl_adapter = BuiltinSSLAdapter(config.tls_cert, config.tls_key)
+    try:
+        server.start()
+    finally:
+        server.stop()
+
+
+def _fingerprint(config: ServeConfig) -> str | None:
+    from phibox.device.lifecycle.tls import fingerprint
+
+    return fingerprint(Path(config.tls_cert)) if config.tls else None

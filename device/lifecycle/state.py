@@ -130,12 +130,14 @@ class StateDir:
     def server_file(self) -> Path:
         return self.root / "server.json"
 
-    def mark_server(self, host: str, port: int) -> None:
+    def mark_server(self, host: str, port: int, scheme: str = "http", fingerprint: str | None = None) -> None:
         """`phibox serve` says it runs from here (pid, its start time, the URL that reaches it from this
-        machine), so installs and pulls from the shell go to it."""
+        machine and, under HTTPS, its certificate's fingerprint), so installs and pulls from the shell
+        go to it."""
         local = "127.0.0.1" if host in ("0.0.0.0", "", "localhost") else "[::1]" if host == "::" else host
-        url = f"http://{f'[{local}]' if ':' in local and not local.startswith('[') else local}:{port}"
-        info = {"pid": os.getpid(), "started": _process_start(os.getpid()), "port": port, "url": url}
+        url = f"{scheme}://{f'[{local}]' if ':' in local and not local.startswith('[') else local}:{port}"
+        info = {"pid": os.getpid(), "started": _process_start(os.getpid()), "port": port, "url": url,
+                "fingerprint": fingerprint}
         atomic_write(self.server_file, json.dumps(info).encode())
 
     def clear_server(self) -> None:
@@ -158,7 +160,10 @@ class StateDir:
         if started is not None and info.get("started") not in (None, started):
             return None
         port = int(info["port"])
-        return {"pid": pid, "port": port, "url": str(info.get("url") or f"http://127.0.0.1:{port}")}
+        found: dict[str, Any] = {"pid": pid, "port": port, "url": str(info.get("url") or f"http://127.0.0.1:{port}")}
+        if info.get("fingerprint"):
+            found["fingerprint"] = str(info["fingerprint"])
+        return found
 
     def record(self, event: str, **detail: Any) -> dict[str, Any]:
         entry = {"at": utc_now(), "event": event, **detail}

@@ -39,7 +39,8 @@ def create_app(service: DeviceService, config: ServeConfig) -> Flask:
         PHIBOX_CLIENT_JOBS=openai_api.ClientJobs(),
         PHIBOX_UPLOADS=UploadArea(service.state_dir.incoming) if service.state_dir else None,
         SECRET_KEY=auth.session_secret(service.state_dir.root) if service.state_dir else secrets.token_bytes(32),
-        SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_SECURE=config.secure_cookies,
+        SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=config.secure_cookies or config.tls,
         SESSION_COOKIE_NAME="phibox_admin", MAX_CONTENT_LENGTH=1 << 20,
     )  # upload pieces (web/uploads.py) stream wsgi.input themselves; JSON and forms stay small
     app.register_blueprint(kiosk.bp)

@@ -75,6 +75,10 @@ class ServeConfig:
     """Serve /metrics to any client; off: loopback, or a /v1 API key."""
     max_document_mb: int = 64
     """Largest manual an admin may upload."""
+    tls_cert: str = ""
+    """PEM certificate (from `phibox tls init`): serve HTTPS, admin cookies Secure."""
+    tls_key: str = ""
+    """PEM private key that goes with tls_cert."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -93,10 +97,16 @@ class ServeConfig:
             raise ConfigError("max_api_tokens must be at least 1 and max_chat_chars at least max_question_chars")
         if isinstance(self.allowed_hosts, str | list):
             object.__setattr__(self, "allowed_hosts", _hosts(self.allowed_hosts))
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key go together: give both (from `phibox tls init`), or neither")
         if self.max_document_mb < 1:
             raise ConfigError("max_document_mb must be at least 1")
         if self.session_idle_min < 1 or self.session_max_h < 1:
             raise ConfigError("session_idle_min and session_max_h must be at least 1")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
 
     @property
     def loopback_only(self) -> bool:
