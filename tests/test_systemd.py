@@ -66,6 +66,7 @@ def test_pull_unit_has_a_start_timeout_follows_a_named_channel_and_finds_the_ser
     assert "TimeoutStartSec=" in unit and "--deadline" in exec_start
     assert "--channel ${PHIBOX_CHANNEL}" in exec_start
     assert "8080" not in exec_start and "--device" not in exec_start  # the port comes from serve's server.json
+    assert "MemoryMax=" in unit and "IPAddressDeny=any" in unit and "IPAddressAllow=" in unit
     install = (ROOT / "systemd" / "install.sh").read_text()
     assert "PHIBOX_CHANNEL=" in install
 
