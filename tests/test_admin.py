@@ -42,7 +42,7 @@ def device(lifecycle_files, admin_keys, tiny_bundle_dir: Path, tmp_path_factory)
     ingest([write_corpus(root.parent / "manuals")], store, OnnxEmbedder(tiny_bundle_dir / "embedder"),
            EngineConfig(), progress=False)
     store.close()
-    admin_auth.set_password(root, PASSWORD)
+    admin_auth.set_password(state, PASSWORD)
     token_file = root.parent / "token"
     assert main(["admin", "new-token", "--state", str(root), "--out", str(token_file)]) == 0
     proc, port = start_server(["--state", str(root), "--queue-size", "2", "--backend", "gguf"],
@@ -224,7 +224,7 @@ def test_repeated_bad_passwords_get_429(lifecycle_files, admin_keys, tiny_bundle
     state = StateDir(tmp_path / "state").init()
     shutil.copy(admin_keys[1], state.keys / "admin.pub")
     installer.install(lifecycle_files["v3"], state)
-    admin_auth.set_password(state.root, PASSWORD)
+    admin_auth.set_password(state, PASSWORD)
     service = DeviceService(state.current.resolve(), state.db, EngineConfig(), Metrics(), state=state)
     client = create_app(service, ServeConfig()).test_client()
     page = client.get("/admin/login").get_data(as_text=True)

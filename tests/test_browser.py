@@ -47,7 +47,7 @@ def kiosk(lifecycle_files, admin_keys, tiny_bundle_dir: Path, tmp_path_factory):
     store = DocumentStore.open(state.db)
     ingest([corpus], store, OnnxEmbedder(tiny_bundle_dir / "embedder"), EngineConfig(), progress=False)
     store.close()
-    admin_auth.set_password(root, PASSWORD)
+    admin_auth.set_password(state, PASSWORD)
     proc, port = start(["--state", str(root), "--demo"])
     yield {"url": f"http://127.0.0.1:{port}", "state": state, "files": lifecycle_files}
     proc.terminate()

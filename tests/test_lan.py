@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import socket
 import time
@@ -33,7 +34,7 @@ def lan(lifecycle_files, admin_keys, tmp_path_factory):
     state = StateDir(root).init()
     shutil.copy(admin_keys[1], state.keys / "admin.pub")
     installer.install(lifecycle_files["v3"], state)
-    admin_auth.set_password(root, PASSWORD)
+    admin_auth.set_password(state, PASSWORD)
     keys = {}
     for name in ("mes-line2", "scada"):
         out = root.parent / f"{name}.key"
@@ -211,7 +212,7 @@ def test_concurrent_wrong_passwords_are_all_counted(lifecycle_files, admin_keys,
     state = StateDir(root).init()
     shutil.copy(admin_keys[1], state.keys / "admin.pub")
     installer.install(lifecycle_files["v3"], state)
-    admin_auth.set_password(root, PASSWORD)
+    admin_auth.set_password(state, PASSWORD)
     proc, port = start_server(["--state", str(root)], env={"PHIBOX_HTTP_THREADS": "12"})
     try:
         def guess(_: int) -> int:
@@ -392,3 +393,62 @@ def test_an_interrupted_push_resumes_where_it_stopped(lan, push_token, lifecycle
     assert f"resuming the upload at {first} of {len(data)} bytes" in captured.err
     assert "v4 installed, health check ok" in captured.out and state.active_version() == 4
     assert not list(state.incoming.glob("upload-*"))
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_mode)
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_the_running_device_never_writes_its_credentials(lifecycle_files, admin_keys, tmp_path: Path) -> None:
+    """On the appliance the credentials are root's (/etc/phibox, read-only for the service): logins,
+    logouts, pushes and API calls must work without writing there."""
+    config = tmp_path / "etc-phibox"
+    state = StateDir(tmp_path / "state", config=config).init()
+    (config / "keys").mkdir(parents=True)
+    shutil.copy(admin_keys[1], config / "keys" / "admin.pub")
+    installer.install(lifecycle_files["v3"], state)
+    admin_auth.set_password(state, PASSWORD)
+    token_file = tmp_path / "token"
+    token_file.write_text(admin_auth.new_token(state))
+    key = admin_auth.new_api_key(state, "mes-line2")
+    assert not list(state.root.glob("keys")) and (config / "admin.json").is_file()
+    before = snapshot(config)
+    proc, port = start_server(["--state", str(state.root)], env={"PHIBOX_CONFIG_DIR": str(config),
+                                                                 "PHIBOX_API_KEYS": "required"})
+    try:
+        web = Browser(port)
+        csrf = web.login()
+        assert web.form("/admin/logout", {"csrf": csrf})[0] == 302
+        assert web.request("GET", "/admin")[0] == 302  # the logout ended the session (state/sessions.json)
+        assert v1(port, chat(), key)[0] == 200
+        assert main(["push", str(lifecycle_files["v4"]), "--to", f"http://127.0.0.1:{port}",
+                     "--token-file", str(token_file), "--no-progress"]) == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert snapshot(config) == before
+    assert state.active_version() == 4
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand files to another owner")
+def test_admin_commands_run_with_sudo_leave_files_the_service_can_read(tmp_path: Path) -> None:
+    config, state_root = tmp_path / "etc-phibox", tmp_path / "state"
+    config.mkdir()
+    state_root.mkdir()
+    os.chown(config, 0, 4242)  # root:phibox
+    os.chown(state_root, 4242, 4242)  # phibox:phibox
+    env_state = ["--state", str(state_root)]
+    os.environ["PHIBOX_CONFIG_DIR"] = str(config)
+    try:
+        password = tmp_path / "pw"
+        password.write_text(PASSWORD)
+        assert main(["admin", "set-password", *env_state, "--password-file", str(password)]) == 0
+        assert main(["admin", "new-token", *env_state, "--out", str(state_root / "push.token")]) == 0
+    finally:
+        del os.environ["PHIBOX_CONFIG_DIR"]
+    for name in ("admin.json", "secret.key"):
+        st = (config / name).stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 4242, 0o640), name
+    st = (state_root / "push.token").stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4242, 0o600)

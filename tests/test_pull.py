@@ -271,7 +271,7 @@ def test_a_pull_hands_the_bundle_to_the_running_server(channel_server, state, li
 
     folder, url = channel_server
     publish(lifecycle_files["v4"], admin_keys[0], folder, LINE)
-    (state.root / "push.token").write_text(auth.new_token(state.root) + "\n")
+    (state.root / "push.token").write_text(auth.new_token(state) + "\n")
     proc, port = start_server(["--state", str(state.root)], timeout_s=300)
     try:
         assert pull(url, state) == 0

@@ -71,6 +71,15 @@ def test_pull_unit_has_a_start_timeout_follows_a_named_channel_and_finds_the_ser
     assert "PHIBOX_CHANNEL=" in install
 
 
+def test_credentials_are_roots_and_read_only_for_the_service() -> None:
+    install = (ROOT / "systemd" / "install.sh").read_text()
+    unit = (ROOT / "systemd" / "phibox.service").read_text()
+    assert 'install -m 0644 -o root -g root "$key" "/etc/phibox/keys/' in install
+    assert "chown root:phibox /etc/phibox /etc/phibox/keys" in install and "/var/lib/phibox/keys/" not in unit
+    assert "PHIBOX_CONFIG_DIR=/etc/phibox" in unit and "ProtectSystem=strict" in unit
+    assert "ReadWritePaths=/etc" not in unit
+
+
 def test_runtimes_work_under_memory_deny_write_execute(tiny_bundle_dir: Path) -> None:
     """MemoryDenyWriteExecute=yes is only safe if llama.cpp, onnxruntime(-genai) and ctypes never map
     writable+executable memory: run them under the kernel's W^X switch (PR_SET_MDWE)."""

@@ -43,7 +43,7 @@ def device(lifecycle_files, admin_keys, tmp_path_factory):
     state = StateDir(root).init()
     shutil.copy(admin_keys[1], state.keys / "admin.pub")
     installer.install(lifecycle_files["v3"], state)
-    admin_auth.set_password(root, PASSWORD)
+    admin_auth.set_password(state, PASSWORD)
     token = root.parent / "token"
     assert main(["admin", "new-token", "--state", str(root), "--out", str(token)]) == 0
     out = subprocess.run([sys.executable, "-m", "phibox.device.cli", "tls", "init", "--state", str(root)],

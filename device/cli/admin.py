@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from pathlib import Path
 
@@ -34,21 +35,21 @@ def run(args: argparse.Namespace) -> int:
 
     state = StateDir(args.state or paths.state_dir()).init()
     if args.action == "set-password":
-        admin_auth.set_password(state.root, _read_password(args.password_file))
-        print(f"admin password set (scrypt hash in {state.root / admin_auth.ADMIN_FILE}); "
+        admin_auth.set_password(state, _read_password(args.password_file))
+        print(f"admin password set (scrypt hash in {state.config / admin_auth.ADMIN_FILE}); "
               "every admin session was ended")
         return 0
     if args.action == "end-sessions":
-        admin_auth.end_sessions(state.root)
+        admin_auth.end_sessions(state)
         print("every admin session was ended: browsers must log in again")
         return 0
     if args.action == "new-api-key":
         if not args.name:
             raise ConfigError("`phibox admin new-api-key` needs --name (who the key is for, e.g. mes-line2)")
-        _hand_out(admin_auth.new_api_key(state.root, args.name), args.out,
+        _hand_out(admin_auth.new_api_key(state, args.name), args.out,
                   f"/v1 API key {args.name!r}; clients send it as 'Authorization: Bearer KEY'")
         return 0
-    _hand_out(admin_auth.new_token(state.root), args.out, "API token (older tokens stop working)")
+    _hand_out(admin_auth.new_token(state), args.out, "API token (older tokens stop working)")
     return 0
 
 
@@ -72,4 +73,7 @@ def _hand_out(secret: str, out: Path | None, what: str) -> None:
         print(secret)
         return
     atomic_write(out, (secret + "\n").encode(), mode=0o600)  # a new file: 0600 even where one existed
+    if os.geteuid() == 0:  # run with sudo: the file belongs to whoever owns its folder (the phibox user)
+        folder = out.resolve().parent.stat()
+        os.chown(out, folder.st_uid, folder.st_gid)
     print(f"{what} written to {out} (the device keeps only its hash)")

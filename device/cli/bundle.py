@@ -107,6 +107,7 @@ def _device_action(args: argparse.Namespace) -> int:
         if args.file is None:
             raise ConfigError("`phibox bundle trust` needs the admin's .pub file")
         kid = key_id(load_public_key(args.file))
+        state.keys.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.file, state.keys / f"{kid}.pub")
         print(f"trusted key {kid} ({state.keys / (kid + '.pub')})")
         return 0

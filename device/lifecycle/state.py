@@ -2,13 +2,20 @@
 
     bundles/<version>/   unpacked, verified bundles (the newest few are kept for rollback)
     current              symlink to bundles/<active version>, swapped atomically
-    keys/*.pub           trusted Ed25519 public keys (several, for rotation)
     documents.db         the documents index
     events.jsonl         installs, activations, failed health checks, rollbacks
     incoming/            uploads and downloads in progress
     blocked.json         versions that failed their health check or were rolled back: a fleet pull
                          skips them until an admin allows them again (`phibox bundle allow`)
     channel-pin.json     the fleet channel this device follows and the newest channel it has seen
+    sessions.json        the admin session generation (a logout ends every session)
+
+The credentials are in the config directory (paths.config_dir: /etc/phibox on the appliance,
+root-owned and read-only for the service; the state directory itself elsewhere):
+
+    keys/*.pub           trusted Ed25519 public keys (several, for rotation)
+    admin.json           the admin password's scrypt hash, the push token's and API keys' hashes
+    secret.key           the key that signs admin session cookies
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from phibox.device import paths
 from phibox.device.errors import ConfigError
 from phibox.device.fsutil import atomic_write, fsync_dir
 from phibox.device.installed import DOCUMENTS_DB
@@ -26,18 +34,21 @@ from phibox.device.provenance import utc_now
 
 
 class StateDir:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, config: Path | None = None) -> None:
         self.root = root
+        self.config = config or paths.config_dir(root)
         self.bundles = root / "bundles"
         self.current = root / "current"
-        self.keys = root / "keys"
+        self.keys = self.config / "keys"
         self.db = root / DOCUMENTS_DB
         self.events = root / "events.jsonl"
         self.incoming = root / "incoming"
 
     def init(self) -> StateDir:
-        for folder in (self.root, self.bundles, self.keys, self.incoming):
+        for folder in (self.root, self.bundles, self.incoming):
             folder.mkdir(parents=True, exist_ok=True)
+        if self.config == self.root:  # else root-owned, made by install.sh
+            self.keys.mkdir(exist_ok=True)
         return self
 
     def bundle_dir(self, version: int) -> Path:

@@ -62,7 +62,7 @@ def guard() -> Any:
     """Session required for /admin (except the login page); CSRF token on every admin POST."""
     if request.path.startswith("/api/admin/"):
         token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not token or not admin_auth.check_token(state().root, token):
+        if not token or not admin_auth.check_token(state(), token):
             return jsonify(error="missing or wrong API token: use the one from `phibox admin new-token`"), 401
         return None
     if session.get("admin") and not _session_alive():
@@ -84,7 +84,7 @@ def guard() -> Any:
 def _session_alive() -> bool:
     """Issued in the current generation, used lately, and not too old; marks it used now."""
     now, cfg = time.time(), settings()
-    fresh = (session.get("generation") == admin_auth.session_generation(state().root)
+    fresh = (session.get("generation") == admin_auth.session_generation(state())
              and now - float(session.get("seen_at", 0)) <= cfg.session_idle_min * 60
              and now - float(session.get("login_at", 0)) <= cfg.session_max_h * 3600)
     if fresh:
@@ -103,7 +103,7 @@ def login() -> Any:
     st = state()
     if request.method == "GET":
         return render_template("admin_login.html", csrf=session["csrf"], error="",
-                               configured=admin_auth.has_password(st.root))
+                               configured=admin_auth.has_password(st))
     limiter: admin_auth.LoginLimiter = current_app.config["PHIBOX_LIMITER"]
     client = request.remote_addr or "?"
     wait = limiter.reserve(client)  # counted before hashing: concurrent guesses are counted too
@@ -111,21 +111,21 @@ def login() -> Any:
         return (render_template("admin_login.html", csrf=session["csrf"], configured=True,
                                 error=f"Too many failed attempts. Try again in {wait} s."), 429,
                 {"Retry-After": str(wait)})
-    if not admin_auth.check_password(st.root, request.form.get("password", "")):
+    if not admin_auth.check_password(st, request.form.get("password", "")):
         time.sleep(0.2)
         return render_template("admin_login.html", csrf=session["csrf"], configured=True,
                                error="Wrong password."), 403
     limiter.succeeded(client)
     session.clear()
     now = time.time()
-    session.update(admin=True, csrf=secrets.token_urlsafe(24), generation=admin_auth.session_generation(st.root),
+    session.update(admin=True, csrf=secrets.token_urlsafe(24), generation=admin_auth.session_generation(st),
                    login_at=now, seen_at=now)
     return redirect(url_for("admin.status"))
 
 
 @bp.post("/admin/logout")
 def logout() -> Any:
-    admin_auth.end_sessions(state().root)  # this cookie, and any copy of it, stops working
+    admin_auth.end_sessions(state())  # this cookie, and any copy of it, stops working
     session.clear()
     return redirect(url_for("admin.login"))
 

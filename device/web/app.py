@@ -38,7 +38,7 @@ def create_app(service: DeviceService, config: ServeConfig) -> Flask:
         PHIBOX_SERVICE=service, PHIBOX_SERVE=config, PHIBOX_LIMITER=auth.LoginLimiter(),
         PHIBOX_CLIENT_JOBS=openai_api.ClientJobs(),
         PHIBOX_UPLOADS=UploadArea(service.state_dir.incoming) if service.state_dir else None,
-        SECRET_KEY=auth.session_secret(service.state_dir.root) if service.state_dir else secrets.token_bytes(32),
+        SECRET_KEY=auth.session_secret(service.state_dir) if service.state_dir else secrets.token_bytes(32),
         SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_SECURE=config.secure_cookies or config.tls,
         SESSION_COOKIE_NAME="phibox_admin", MAX_CONTENT_LENGTH=1 << 20,
@@ -134,4 +134,4 @@ def _local() -> bool:
 def _has_api_key(service: DeviceService) -> bool:
     sent = request.headers.get("Authorization", "")
     return (sent.startswith("Bearer ") and service.state_dir is not None
-            and auth.api_key_name(service.state_dir.root, sent.removeprefix("Bearer ").strip()) is not None)
+            and auth.api_key_name(service.state_dir, sent.removeprefix("Bearer ").strip()) is not None)

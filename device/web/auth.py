@@ -1,7 +1,8 @@
-"""Admin credentials in the state directory: an scrypt password hash, the push token's hash, the
-/v1 API keys' hashes, a session generation (bumped by a logout or a new password: every session
-cookie issued before stops working), the session signing secret, and a login rate limiter.
-Nothing secret is stored in clear."""
+"""Admin credentials in the config directory (StateDir.config: /etc/phibox on the appliance,
+root-owned and read-only for the service): an scrypt password hash, the push token's hash, the /v1
+API keys' hashes, the session signing secret. In the state directory: the session generation
+(bumped by a logout or a new password: every session cookie issued before stops working). And a
+login rate limiter. Nothing secret is stored in clear."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
+import os
 import secrets
 import threading
 import time
@@ -17,23 +20,34 @@ from pathlib import Path
 
 from phibox.device.errors import ConfigError
 from phibox.device.fsutil import atomic_write
+from phibox.device.lifecycle.state import StateDir
 
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 ADMIN_FILE = "admin.json"
 SECRET_FILE = "secret.key"
+SESSIONS_FILE = "sessions.json"
+log = logging.getLogger("phibox.auth")
 
 
 def _write_private(path: Path, data: bytes) -> None:
+    """0600; written by root into a folder of another group (the appliance's /etc/phibox, group
+    phibox): root-owned, 0640, readable by the service and by nobody else."""
     atomic_write(path, data, mode=0o600)
+    if os.geteuid() == 0:
+        folder = path.parent.stat()
+        if folder.st_gid != 0:
+            os.chown(path, 0, folder.st_gid)
+            os.chmod(path, 0o640)
 
 
-def _load(state_root: Path) -> dict:
-    path = state_root / ADMIN_FILE
+def _load(state: StateDir) -> dict:
+    path = state.config / ADMIN_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _save(state_root: Path, data: dict) -> None:
-    _write_private(state_root / ADMIN_FILE, json.dumps(data, indent=2).encode())
+def _save(state: StateDir, data: dict) -> None:
+    state.config.mkdir(parents=True, exist_ok=True)
+    _write_private(state.config / ADMIN_FILE, json.dumps(data, indent=2).encode())
 
 
 def hash_password(password: str, salt: bytes | None = None) -> dict[str, object]:
@@ -43,50 +57,35 @@ def hash_password(password: str, salt: bytes | None = None) -> dict[str, object]
             "hash": base64.b64encode(digest).decode()}
 
 
-def set_password(state_root: Path, password: str) -> None:
+def set_password(state: StateDir, password: str) -> None:
+    """The admin password (and the session secret, made once); every admin session ends."""
     if len(password) < 10:
         raise ConfigError("the admin password needs at least 10 characters")
-    data = _load(state_root)
+    data = _load(state)
     data["password"] = hash_password(password)
-    data["session_generation"] = int(data.get("session_generation", 0)) + 1
-    _save(state_root, data)
+    _save(state, data)
+    if not (state.config / SECRET_FILE).is_file():
+        _write_private(state.config / SECRET_FILE, secrets.token_bytes(32))
+    end_sessions(state)
 
 
-def session_generation(state_root: Path) -> int:
-    """Sessions carry the generation they were issued in; a different one is no session."""
-    return int(_load(state_root).get("session_generation", 0))
+def session_generation(state: StateDir) -> int:
+    """Sessions carry the generation they were issued in; a different one is no session. It lives in
+    the state directory: the service itself ends sessions (logout) and can't write the credentials."""
+    try:
+        return int(json.loads((state.root / SESSIONS_FILE).read_text())["generation"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return 0
 
 
-def end_sessions(state_root: Path) -> None:
-    """Every admin session issued so far stops working (logout, or on the command line)."""
-    data = _load(state_root)
-    data["session_generation"] = int(data.get("session_generation", 0)) + 1
-    _save(state_root, data)
+def end_sessions(state: StateDir) -> None:
+    """Every admin session issued so far stops working (logout, new password, or the command line)."""
+    atomic_write(state.root / SESSIONS_FILE,
+                 json.dumps({"generation": session_generation(state) + 1}).encode(), mode=0o600)
 
 
-def new_api_key(state_root: Path, name: str) -> str:
-    """A fresh /v1 API key under name (replacing one of that name); only its sha256 is kept."""
-    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(f"API key name {name!r}: use up to 64 letters, digits, '-' or '_'")
-    key = "pbx-" + secrets.token_urlsafe(32)
-    data = _load(state_root)
-    data.setdefault("api_keys", {})[name] = hashlib.sha256(key.encode()).hexdigest()
-    _save(state_root, data)
-    return key
-
-
-def api_key_name(state_root: Path, key: str) -> str | None:
-    """The name of the /v1 API key, or None if it is not one."""
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    found = None
-    for name, expected in _load(state_root).get("api_keys", {}).items():
-        if hmac.compare_digest(expected, digest):
-            found = name
-    return found
-
-
-def check_password(state_root: Path, password: str) -> bool:
-    stored = _load(state_root).get("password")
+def check_password(state: StateDir, password: str) -> bool:
+    stored = _load(state).get("password")
     if not stored:
         return False
     salt = base64.b64decode(stored["salt"])
@@ -94,29 +93,56 @@ def check_password(state_root: Path, password: str) -> bool:
     return hmac.compare_digest(digest, base64.b64decode(stored["hash"]))
 
 
-def has_password(state_root: Path) -> bool:
-    return "password" in _load(state_root)
+def has_password(state: StateDir) -> bool:
+    return "password" in _load(state)
 
 
-def new_token(state_root: Path) -> str:
+def new_token(state: StateDir) -> str:
     """A fresh API token for `phibox push`; only its sha256 is kept."""
     token = secrets.token_urlsafe(32)
-    data = _load(state_root)
+    data = _load(state)
     data["token_sha256"] = hashlib.sha256(token.encode()).hexdigest()
-    _save(state_root, data)
+    _save(state, data)
     return token
 
 
-def check_token(state_root: Path, token: str) -> bool:
-    expected = _load(state_root).get("token_sha256")
+def check_token(state: StateDir, token: str) -> bool:
+    expected = _load(state).get("token_sha256")
     return bool(expected) and hmac.compare_digest(expected, hashlib.sha256(token.encode()).hexdigest())
 
 
-def session_secret(state_root: Path) -> bytes:
-    """The key that signs admin session cookies, created once (mode 0600)."""
-    path = state_root / SECRET_FILE
+def new_api_key(state: StateDir, name: str) -> str:
+    """A fresh /v1 API key under name (replacing one of that name); only its sha256 is kept."""
+    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"API key name {name!r}: use up to 64 letters, digits, '-' or '_'")
+    key = "pbx-" + secrets.token_urlsafe(32)
+    data = _load(state)
+    data.setdefault("api_keys", {})[name] = hashlib.sha256(key.encode()).hexdigest()
+    _save(state, data)
+    return key
+
+
+def api_key_name(state: StateDir, key: str) -> str | None:
+    """The name of the /v1 API key, or None if it is not one."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    found = None
+    for name, expected in _load(state).get("api_keys", {}).items():
+        if hmac.compare_digest(expected, digest):
+            found = name
+    return found
+
+
+def session_secret(state: StateDir) -> bytes:
+    """The key that signs admin session cookies: made once (by `phibox admin set-password`, or here
+    when the config directory is writable); else one for this run only (sessions end at restart)."""
+    path = state.config / SECRET_FILE
     if not path.is_file():
-        _write_private(path, secrets.token_bytes(32))
+        try:
+            _write_private(path, secrets.token_bytes(32))
+        except OSError as exc:
+            log.warning("no %s and cannot write it (%s): admin sessions end when the server stops; "
+                        "`phibox admin set-password` makes it", path, exc)
+            return secrets.token_bytes(32)
     return path.read_bytes()
 
 

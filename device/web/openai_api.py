@@ -74,7 +74,7 @@ def check_key() -> None:
     sent = request.headers.get("Authorization", "")
     key = sent.removeprefix("Bearer ").strip() if sent.startswith("Bearer ") else ""
     state = service().state_dir
-    name = auth.api_key_name(state.root, key) if key and state is not None else None
+    name = auth.api_key_name(state, key) if key and state is not None else None
     if settings().api_keys_required and name is None:
         raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY): an admin makes one on the "
                             "device with `phibox admin new-api-key --name NAME`", code="invalid_api_key")
