@@ -360,6 +360,9 @@ def test_one_upload_at_a_time_and_a_cancel_frees_the_slot(lan, push_token) -> No
     assert api(port, "PUT", f"/uploads/{first['id']}?offset=0", push_token, body=b"x" * 10)[1]["received"] == 10
     assert api(port, "POST", f"/uploads/{first['id']}/finish", push_token)[0] == 409  # 10 of 1000 bytes
     assert api(port, "DELETE", f"/uploads/{first['id']}", push_token)[0] == 200
+    for bad in ({"kind": "bundle", "name": "b.phibox", "size": True}, {"kind": "exe", "name": "b.md", "size": 9},
+                {"kind": "document", "name": "../../etc/passwd", "size": 9}):
+        assert api(port, "POST", "/uploads", push_token, json_body=bad)[0] == 400, bad
     status, second = api(port, "POST", "/uploads", push_token, json_body={"kind": "bundle", "name": "b.phibox",
                                                                            "size": 1000})
     assert status == 200

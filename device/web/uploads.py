@@ -89,7 +89,7 @@ class UploadArea:
         another upload is under way."""
         if kind not in KINDS:
             raise UploadError(f"kind must be one of {', '.join(KINDS)}", 400)
-        if not isinstance(size, int) or size <= 0:
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise UploadError("declare the upload's size in bytes (a whole number above 0)", 400)
         if size > cap:
             raise UploadError(f"the {kind} is {size / 2**20:.0f} MB; the limit is {cap >> 20} MB", 413)
