@@ -455,3 +455,59 @@ def test_admin_commands_run_with_sudo_leave_files_the_service_can_read(tmp_path:
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 4242, 0o640), name
     st = (state_root / "push.token").stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4242, 0o600)
+
+
+def lan_address() -> str | None:
+    """This machine's address on its network (no packet is sent), or None without one."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 1))
+        address = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.skipif(lan_address() is None, reason="this machine has no non-loopback address")
+def test_metrics_from_the_lan_need_a_key_on_a_real_server(lan, lifecycle_files, admin_keys, tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state").init()
+    shutil.copy(admin_keys[1], state.keys / "admin.pub")
+    installer.install(lifecycle_files["v3"], state)
+    key = admin_auth.new_api_key(state, "prometheus")
+    proc, port = start_server(["--state", str(state.root), "--host", "0.0.0.0"])
+    try:
+        address = lan_address()
+        conn = http.client.HTTPConnection(address, port, timeout=30)
+        conn.request("GET", "/metrics")
+        refused = conn.getresponse()
+        assert refused.status == 403 and b"metrics_public" in refused.read()
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {key}"})
+        allowed = conn.getresponse()
+        assert allowed.status == 200 and b"phibox_requests_total" in allowed.read()
+        conn.close()
+        assert get(port, "/metrics")[0] == 200  # this machine
+        conn = http.client.HTTPConnection(address, port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(chat()), headers={"Content-Type":
+                                                                                      "application/json"})
+        assert conn.getresponse().status == 401  # listening beyond loopback: /v1 keys are required by default
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_degraded_kiosk_does_not_tell_the_lan_why(lifecycle_files, admin_keys, tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state").init()
+    shutil.copy(admin_keys[1], state.keys / "admin.pub")
+    installer.install(lifecycle_files["v4-broken"], state)  # nothing to fall back to
+    proc, port = start_server(["--state", str(state.root)], states=("degraded",), timeout_s=300,
+                              env={"PHIBOX_LOAD_ATTEMPTS": "1"})
+    try:
+        body = get(port, "/healthz")[2].decode()
+        assert json.loads(body)["status"] == "degraded" and "admin page" in body
+        assert str(state.root) not in body and "Error" not in body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -19,6 +19,7 @@ from flask import Flask, Response, g, jsonify, request
 
 from phibox.device.service import DeviceService
 from phibox.device.web import admin, auth, kiosk, openai_api
+from phibox.device.web.context import is_loopback
 from phibox.device.web.metrics import Metrics
 from phibox.device.web.settings import ServeConfig
 from phibox.device.web.uploads import UploadArea
@@ -128,7 +129,7 @@ def _host_allowed(host: str, names: frozenset[str]) -> bool:
 
 
 def _local() -> bool:
-    return request.remote_addr in ("127.0.0.1", "::1")
+    return is_loopback(request.remote_addr)
 
 
 def _has_api_key(service: DeviceService) -> bool:

@@ -3,6 +3,8 @@ app's config, and the error that carries its HTTP status."""
 
 from __future__ import annotations
 
+import ipaddress
+
 from flask import current_app
 
 from phibox.device.errors import PhiboxError
@@ -24,3 +26,11 @@ def service() -> DeviceService:
 
 def settings() -> ServeConfig:
     return current_app.config["PHIBOX_SERVE"]
+
+
+def is_loopback(address: str | None) -> bool:
+    """Whether a client address is this machine (127.0.0.0/8, ::1)."""
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

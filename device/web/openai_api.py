@@ -28,7 +28,7 @@ from phibox.device.prompt import ROLES
 from phibox.device.rag.budget import QuestionTooLongError
 from phibox.device.runtime.backend import ContextOverflowError, UnsupportedOptionError
 from phibox.device.web import auth
-from phibox.device.web.context import service, settings
+from phibox.device.web.context import is_loopback, service, settings
 from phibox.device.web.sse import HEADERS, KEEPALIVE, passage_json, passages_json
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -78,7 +78,7 @@ def check_key() -> None:
     if settings().api_keys_required and name is None:
         raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY): an admin makes one on the "
                             "device with `phibox admin new-api-key --name NAME`", code="invalid_api_key")
-    local = request.remote_addr in ("127.0.0.1", "::1")
+    local = is_loopback(request.remote_addr)
     g.client = f"key:{name}" if name else None if local else f"addr:{request.remote_addr}"
 
 
