@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,11 @@ def test_a_model_that_never_loads_falls_back_to_the_previous_bundle(state, files
     try:
         health = json.loads(get(port, "/healthz")[2])
         assert health["status"] == "ready" and health["bundle_version"] == 3
+        # the kiosk answers from v3 once it loaded; `current` is swapped right after: wait for the record
+        deadline = time.monotonic() + 60
+        while not any(e["event"] == "fell_back" for e in state.recent_events(10)):
+            assert time.monotonic() < deadline, state.recent_events(10)
+            time.sleep(0.1)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
