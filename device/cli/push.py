@@ -4,7 +4,6 @@ interrupted push), which then verifies, installs, activates and health-checks it
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import sys
@@ -76,11 +75,13 @@ def push(bundle: Path, url: str, token: str, allow_downgrade: bool = False, time
     device install it; returns (HTTP status, JSON body) of the step that ended it."""
     from tqdm.auto import tqdm
 
+    from phibox.device.bundle import sha256_file
+
     size = bundle.stat().st_size
     device = _Device(url, token, timeout, fingerprint)
     try:
         status, body = device.call("POST", "/uploads", json_body={
-            "kind": "bundle", "name": bundle.name, "size": size, "sha256": _sha256(bundle)})
+            "kind": "bundle", "name": bundle.name, "size": size, "sha256": sha256_file(bundle)[1]})
         if status != 200:
             return status, body
         upload, offset, piece = body["id"], int(body["received"]), int(body["piece_bytes"])
@@ -103,12 +104,6 @@ def push(bundle: Path, url: str, token: str, allow_downgrade: bool = False, time
         device.close()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,6 @@ Content-Length and Content-Range, and resumes an interrupted ``.part`` with an H
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import re
@@ -34,6 +33,7 @@ from phibox.device.bundle import (
     canonical_json,
     load_private_key,
     load_trusted_keys,
+    sha256_file,
     sign_manifest,
     verify_signature,
 )
@@ -138,7 +138,7 @@ def publish(bundle: Path, key_path: Path, folder: Path, channel_name: str | None
         shutil.copyfile(bundle, target)
     sequence, now, expires = _stamps(valid_days, previous)
     channel = Channel(name, manifest.name, manifest.version, target.name, target.stat().st_size,
-                      _sha256(target), sequence, now, expires)
+                      sha256_file(target)[1], sequence, now, expires)
     return _sign(channel, key_path, folder)
 
 
@@ -238,12 +238,6 @@ def read_channel(base_url: str, state: StateDir, follow: str | None = None, repi
     return channel
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download(base_url: str, channel: Channel, state: StateDir, deadline_s: float = DEADLINE_S) -> Path:
@@ -258,7 +252,7 @@ def download(base_url: str, channel: Channel, state: StateDir, deadline_s: float
         have = 0
     if have < channel.size:
         _fetch_into(f"{base_url.rstrip('/')}/{channel.file}", part, have, channel.size, deadline_s)
-    if _sha256(part) != channel.sha256:
+    if sha256_file(part)[1] != channel.sha256:
         part.unlink()
         raise PullError(f"{channel.file} does not match the channel's sha256; the download was discarded: "
                         "run the pull again")

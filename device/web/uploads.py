@@ -13,7 +13,6 @@ Files live in the state directory's incoming/: ``upload-<id>.json`` (what was de
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import shutil
@@ -23,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from phibox.device.bundle import sha256_file
 from phibox.device.fsutil import atomic_write
 from phibox.device.web.context import HttpError
 
@@ -156,7 +156,7 @@ class UploadArea:
             have = self.received(upload)
             if have != upload.size:
                 raise UploadError(f"the upload has {have} of {upload.size} bytes: send the rest first", 409)
-            if upload.sha256 and _sha256(self.part(upload)) != upload.sha256:
+            if upload.sha256 and sha256_file(self.part(upload))[1] != upload.sha256:
                 self._drop(upload)
                 raise UploadError("the upload's sha256 differs from the one declared: it was discarded, send the "
                                   "file again", 400)
@@ -170,9 +170,3 @@ class UploadArea:
             self._drop(upload)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
