@@ -261,7 +261,7 @@ def activation_peaks(bundle: Path, threads: int, scratch: Path) -> dict[str, flo
     """Peak RSS of the server during a live `phibox push` of the same model, once with room for two
     models (side by side) and once under a budget of its steady RSS + 64 MB (drain: at Phi-3-mini
     shape that is below the unit's MemoryMax=6G), next to its steady RSS after an answer."""
-    pub, (v1, v2, v3) = signed_gguf_bundles(bundle, scratch, (1, 2, 3))
+    pub, (v1, v2, v3, v4) = signed_gguf_bundles(bundle, scratch, (1, 2, 3, 4))
     state, token = scratch / "state", scratch / "push.token"
     _phibox("bundle", "trust", str(pub), "--state", str(state))
     _phibox("bundle", "install", str(v1), "--state", str(state), "--skip-health-check")
@@ -283,4 +283,42 @@ def activation_peaks(bundle: Path, threads: int, scratch: Path) -> dict[str, flo
         assert switched["way"] == way, switched
         out[f"{way}_peak_mb"] = float(switched["peak_rss_mb"])
         out[f"{way}_estimate_mb"] = float(switched["estimate_mb"])
+    out["pull_peak_mb"] = pull_peak(state, v4, scratch, threads)
     return out
+
+
+def pull_peak(state: Path, bundle_file: Path, scratch: Path, threads: int) -> float:
+    """Peak RSS (MB) of a `phibox pull --through-server` process fetching bundle_file from a channel
+    folder on a local HTTP server and handing it to the running kiosk (what phibox-pull.service does)."""
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from phibox.device.bundle import Manifest
+
+    folder, key = scratch / "channel", scratch / "bench.key"
+    name = Manifest.from_bytes((state / "current" / "manifest.json").read_bytes()).name
+    _phibox("publish", str(bundle_file), "--key", str(key), "--dir", str(folder), "--channel", "bench")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    files = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    proc, _ = start_server(["--state", str(state)], "gguf", threads)
+    try:
+        (state / "push.token").write_bytes((scratch / "push.token").read_bytes())
+        pull = subprocess.Popen([sys.executable, "-m", "phibox.device.cli", "pull",
+                                 f"http://127.0.0.1:{files.server_address[1]}/", "--channel", "bench", "--state",
+                                 str(state), "--through-server"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(pull.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"phibox pull failed: {pull.stderr.read().decode()[-800:]}")
+        assert f"pulled and activated {name} v4" in pull.stdout.read().decode()
+    finally:
+        stop_server(proc)
+        files.shutdown()
+    return usage.ru_maxrss / 1024

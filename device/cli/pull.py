@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hand the bundle to this server (default: the `phibox serve` running from --state)")
     parser.add_argument("--token-file", type=Path, default=None,
                         help="API token for the server (default: STATE/push.token, from `phibox admin new-token`)")
+    parser.add_argument("--through-server", action="store_true",
+                        help="never install here (the timer's small memory limit can't hold a model for the health "
+                             "check): refuse unless a server takes the bundle")
     parser.add_argument("--deadline", type=float, default=DEADLINE_S,
                         help=f"give up a download after this many seconds, resumable (default {DEADLINE_S:.0f})")
 
@@ -53,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     server = None if args.device else state.running_server()
     target = args.device or (server["url"] if server else None)
+    if target is None and args.through_server:
+        raise PullError(f"no kiosk server runs from {state.root} (no live server.json): start phibox.service; "
+                        "this pull only hands bundles to it (--through-server)")
     token = _token(args.token_file, state) if target else None
     path = download(args.url, channel, state, args.deadline)
     try:

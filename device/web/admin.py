@@ -26,7 +26,7 @@ from phibox.device.lifecycle import installer
 from phibox.device.lifecycle.state import StateDir
 from phibox.device.rag.readers import EXTENSIONS
 from phibox.device.web import auth as admin_auth
-from phibox.device.web.context import service, settings
+from phibox.device.web.context import bearer_token, service, settings
 from phibox.device.web.uploads import PIECE_BYTES, UploadArea, UploadError
 
 bp = Blueprint("admin", __name__)
@@ -61,7 +61,7 @@ def phibox_error(exc: PhiboxError) -> tuple[Response, int]:
 def guard() -> Any:
     """Session required for /admin (except the login page); CSRF token on every admin POST."""
     if request.path.startswith("/api/admin/"):
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        token = bearer_token()
         if not token or not admin_auth.check_token(state(), token):
             return jsonify(error="missing or wrong API token: use the one from `phibox admin new-token`"), 401
         return None

@@ -19,7 +19,7 @@ from flask import Flask, Response, g, jsonify, request
 
 from phibox.device.service import DeviceService
 from phibox.device.web import admin, auth, kiosk, openai_api
-from phibox.device.web.context import is_loopback
+from phibox.device.web.context import bearer_token, is_loopback
 from phibox.device.web.metrics import Metrics
 from phibox.device.web.settings import ServeConfig
 from phibox.device.web.uploads import UploadArea
@@ -133,6 +133,5 @@ def _local() -> bool:
 
 
 def _has_api_key(service: DeviceService) -> bool:
-    sent = request.headers.get("Authorization", "")
-    return (sent.startswith("Bearer ") and service.state_dir is not None
-            and auth.api_key_name(service.state_dir, sent.removeprefix("Bearer ").strip()) is not None)
+    key = bearer_token()
+    return bool(key) and service.state_dir is not None and auth.api_key_name(service.state_dir, key) is not None

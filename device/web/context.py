@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from flask import current_app
+from flask import current_app, request
 
 from phibox.device.errors import PhiboxError
 from phibox.device.service import DeviceService
@@ -34,3 +34,9 @@ def is_loopback(address: str | None) -> bool:
         return address is not None and ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
+
+
+def bearer_token() -> str:
+    """The token of the request's ``Authorization: Bearer TOKEN`` header, or ""."""
+    sent = request.headers.get("Authorization", "")
+    return sent.removeprefix("Bearer ").strip() if sent.startswith("Bearer ") else ""

@@ -28,7 +28,7 @@ from phibox.device.prompt import ROLES
 from phibox.device.rag.budget import QuestionTooLongError
 from phibox.device.runtime.backend import ContextOverflowError, UnsupportedOptionError
 from phibox.device.web import auth
-from phibox.device.web.context import is_loopback, service, settings
+from phibox.device.web.context import bearer_token, is_loopback, service, settings
 from phibox.device.web.sse import HEADERS, KEEPALIVE, passage_json, passages_json
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -55,7 +55,10 @@ class ClientJobs:
         self.busy: set[str] = set()
         self.lock = threading.Lock()
 
-    def take(self, client: str) -> None:
+    def take(self, client: str | None) -> None:
+        """Hold client's one job (None: the appliance itself, not limited)."""
+        if client is None:
+            return
         with self.lock:
             if client in self.busy:
                 raise ApiError(429, "this client already has a question queued or being answered: wait for it "
@@ -63,7 +66,9 @@ class ClientJobs:
                                headers={"Retry-After": str(settings().retry_after_s)})
             self.busy.add(client)
 
-    def release(self, client: str) -> None:
+    def release(self, client: str | None) -> None:
+        if client is None:
+            return
         with self.lock:
             self.busy.discard(client)
 
@@ -71,8 +76,7 @@ class ClientJobs:
 @bp.before_request
 def check_key() -> None:
     """/v1 needs an API key when the settings say so; g.client names who asks (key, else address)."""
-    sent = request.headers.get("Authorization", "")
-    key = sent.removeprefix("Bearer ").strip() if sent.startswith("Bearer ") else ""
+    key = bearer_token()
     state = service().state_dir
     name = auth.api_key_name(state, key) if key and state is not None else None
     if settings().api_keys_required and name is None:
@@ -174,25 +178,20 @@ def chat_completions() -> Response:
     req = parse_request(request.get_json(silent=True))
     jobs: ClientJobs = current_app.config["PHIBOX_CLIENT_JOBS"]
     client: str | None = g.client
-    if client is None:  # the appliance itself, no key: not limited
-        return _complete(req, _open(req)) if not req["stream"] else _streamed(req, _open(req))
     jobs.take(client)
     streaming = False
     try:
         answering = _open(req)
         if not req["stream"]:
             return _complete(req, answering)
-        response = _streamed(req, answering)
+        response = Response(stream_with_context(_stream(req, answering)), mimetype="text/event-stream",
+                            headers=HEADERS)
         response.call_on_close(lambda: jobs.release(client))  # when the server closes the stream, ended or not
         streaming = True
         return response
     finally:
         if not streaming:
             jobs.release(client)
-
-
-def _streamed(req: dict[str, Any], answering: Answering) -> Response:
-    return Response(stream_with_context(_stream(req, answering)), mimetype="text/event-stream", headers=HEADERS)
 
 
 def _open(req: dict[str, Any]) -> Answering:

@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
               peaks["steady_mb"], "MB", f"estimate {peaks['side_by_side_estimate_mb']:.0f} MB for the new model")
     table.row("server peak RSS during a live switch, drain (budget steady+64 MB) vs steady", peaks["drain_peak_mb"],
               peaks["steady_mb"], "MB", "the answer under way finishes first; questions meanwhile get passages")
+    table.row("fleet pull process peak RSS (fetch + hand to the kiosk) vs phibox-pull.service MemoryMax",
+              peaks["pull_peak_mb"], 512, "MB", "phibox pull --through-server, as the timer runs it")
     for n in (int(s) for s in args.sizes.split(",")):
         print(f"retrieval over {n} chunks ...", flush=True)
         r = bench.retrieval(n)
