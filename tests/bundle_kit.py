@@ -8,6 +8,8 @@ import tarfile
 from pathlib import Path
 
 from phibox.device.bundle import MANIFEST, SIGNATURE, Manifest, file_entry, load_private_key
+from phibox.device.lifecycle import installer
+from phibox.device.lifecycle.state import StateDir
 from phibox.export.pack import write_bundle
 from phibox.export.pipeline import roles_for
 
@@ -51,3 +53,12 @@ def member(name: str, payload: bytes = b"x", kind: bytes = tarfile.REGTYPE, link
     info.size = len(payload) if kind == tarfile.REGTYPE else 0
     info.type, info.linkname, info.mode = kind, link, mode
     return info, payload if kind == tarfile.REGTYPE else b""
+
+
+def device_state(root: Path, bundle_file: Path, trusted_pub: Path, config: Path | None = None) -> StateDir:
+    """A device state directory that trusts trusted_pub and has bundle_file installed (no health check)."""
+    state = StateDir(root, config=config).init()
+    state.keys.mkdir(parents=True, exist_ok=True)
+    shutil.copy(trusted_pub, state.keys / "admin.pub")
+    installer.install(bundle_file, state)
+    return state

@@ -14,13 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from bundle_kit import device_state
 from test_admin import PASSWORD, Browser
 from test_serve import get, start_server
 
 from phibox.device.cli.main import main
 from phibox.device.config import EngineConfig
-from phibox.device.lifecycle import installer
-from phibox.device.lifecycle.state import StateDir
 from phibox.device.web import auth as admin_auth
 from phibox.device.web.settings import ServeConfig
 
@@ -31,9 +30,7 @@ NORAG = "phibox-plant7-norag"
 def lan(lifecycle_files, admin_keys, tmp_path_factory):
     """v3 on a state directory, served with /v1 keys required (as on 0.0.0.0), two keys made with the CLI."""
     root = tmp_path_factory.mktemp("lan") / "state"
-    state = StateDir(root).init()
-    shutil.copy(admin_keys[1], state.keys / "admin.pub")
-    installer.install(lifecycle_files["v3"], state)
+    state = device_state(root, lifecycle_files["v3"], admin_keys[1])
     admin_auth.set_password(state, PASSWORD)
     keys = {}
     for name in ("mes-line2", "scada"):
@@ -209,9 +206,7 @@ def test_sessions_end_when_idle_and_when_old(lan, monkeypatch) -> None:
 
 def test_concurrent_wrong_passwords_are_all_counted(lifecycle_files, admin_keys, tmp_path: Path) -> None:
     root = tmp_path / "state"
-    state = StateDir(root).init()
-    shutil.copy(admin_keys[1], state.keys / "admin.pub")
-    installer.install(lifecycle_files["v3"], state)
+    state = device_state(root, lifecycle_files["v3"], admin_keys[1])
     admin_auth.set_password(state, PASSWORD)
     proc, port = start_server(["--state", str(root)], env={"PHIBOX_HTTP_THREADS": "12"})
     try:
@@ -350,9 +345,13 @@ def test_the_declared_size_is_checked_against_free_disk(lan, push_token) -> None
 
 def test_one_upload_at_a_time_and_a_cancel_frees_the_slot(lan, push_token) -> None:
     port = lan["port"]
+    left = lan["state"].incoming / "upload-0123abcd.done"  # a server stopped in the middle of an install
+    left.write_bytes(b"x" * 1000)
+    os.utime(left, (time.time() - 7200, time.time() - 7200))
     status, first = api(port, "POST", "/uploads", push_token, json_body={"kind": "bundle", "name": "a.phibox",
                                                                           "size": 1000})
     assert status == 200
+    assert not left.exists()  # cleaned when the next upload begins
     status, body = api(port, "POST", "/uploads", push_token, json_body={"kind": "bundle", "name": "b.phibox",
                                                                          "size": 1000})
     assert status == 409 and "another upload (a.phibox, 0 of 1000 bytes)" in body["error"]
@@ -407,10 +406,7 @@ def test_the_running_device_never_writes_its_credentials(lifecycle_files, admin_
     """On the appliance the credentials are root's (/etc/phibox, read-only for the service): logins,
     logouts, pushes and API calls must work without writing there."""
     config = tmp_path / "etc-phibox"
-    state = StateDir(tmp_path / "state", config=config).init()
-    (config / "keys").mkdir(parents=True)
-    shutil.copy(admin_keys[1], config / "keys" / "admin.pub")
-    installer.install(lifecycle_files["v3"], state)
+    state = device_state(tmp_path / "state", lifecycle_files["v3"], admin_keys[1], config=config)
     admin_auth.set_password(state, PASSWORD)
     token_file = tmp_path / "token"
     token_file.write_text(admin_auth.new_token(state))
@@ -472,9 +468,7 @@ def lan_address() -> str | None:
 
 @pytest.mark.skipif(lan_address() is None, reason="this machine has no non-loopback address")
 def test_metrics_from_the_lan_need_a_key_on_a_real_server(lan, lifecycle_files, admin_keys, tmp_path: Path) -> None:
-    state = StateDir(tmp_path / "state").init()
-    shutil.copy(admin_keys[1], state.keys / "admin.pub")
-    installer.install(lifecycle_files["v3"], state)
+    state = device_state(tmp_path / "state", lifecycle_files["v3"], admin_keys[1])
     key = admin_auth.new_api_key(state, "prometheus")
     proc, port = start_server(["--state", str(state.root), "--host", "0.0.0.0"])
     try:
@@ -499,9 +493,7 @@ def test_metrics_from_the_lan_need_a_key_on_a_real_server(lan, lifecycle_files, 
 
 
 def test_a_degraded_kiosk_does_not_tell_the_lan_why(lifecycle_files, admin_keys, tmp_path: Path) -> None:
-    state = StateDir(tmp_path / "state").init()
-    shutil.copy(admin_keys[1], state.keys / "admin.pub")
-    installer.install(lifecycle_files["v4-broken"], state)  # nothing to fall back to
+    state = device_state(tmp_path / "state", lifecycle_files["v4-broken"], admin_keys[1])  # nothing to fall back to
     proc, port = start_server(["--state", str(state.root)], states=("degraded",), timeout_s=300,
                               env={"PHIBOX_LOAD_ATTEMPTS": "1"})
     try:

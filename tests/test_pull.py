@@ -317,3 +317,14 @@ def test_moving_a_device_to_another_channel_takes_repin(channel_server, state, l
     assert main(["pull", f"{url}line3/", "--state", str(state.root), "--channel", "plant7-line3", "--repin"]) == 0
     assert state.active_version() == 5
     assert json.loads((state.root / "channel-pin.json").read_text())["channel"] == "plant7-line3"
+
+
+def test_the_timers_pull_never_installs_by_itself(channel_server, state, lifecycle_files, admin_keys,
+                                                  capsys) -> None:
+    """--through-server (what phibox-pull.service runs under 512 MB) refuses when no kiosk takes the
+    bundle, instead of loading the model for a health check itself."""
+    folder, url = channel_server
+    publish(lifecycle_files["v4"], admin_keys[0], folder, LINE)
+    assert pull(url, state, "--through-server") == 1
+    assert "no kiosk server runs" in capsys.readouterr().err
+    assert state.active_version() == 3 and StaticFolder.ranges == []

@@ -63,7 +63,7 @@ def test_service_is_notify_type_with_a_watchdog_and_restart_limits() -> None:
 def test_pull_unit_has_a_start_timeout_follows_a_named_channel_and_finds_the_server_port() -> None:
     unit = (ROOT / "systemd" / "phibox-pull.service").read_text()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
-    assert "TimeoutStartSec=" in unit and "--deadline" in exec_start
+    assert "TimeoutStartSec=" in unit and "--deadline" in exec_start and "--through-server" in exec_start
     assert "--channel ${PHIBOX_CHANNEL}" in exec_start
     assert "8080" not in exec_start and "--device" not in exec_start  # the port comes from serve's server.json
     assert "MemoryMax=" in unit and "IPAddressDeny=any" in unit and "IPAddressAllow=" in unit

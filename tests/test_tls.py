@@ -7,18 +7,16 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import sys
 import time
 
 import pytest
+from bundle_kit import device_state
 from test_serve import free_port
 
 from phibox.device.cli.main import main
-from phibox.device.lifecycle import installer
-from phibox.device.lifecycle.state import StateDir
 from phibox.device.web import auth as admin_auth
 
 PASSWORD = "correct horse battery staple"
@@ -40,9 +38,7 @@ def https(port: int, method: str, path: str, body: bytes | None = None, headers:
 @pytest.fixture(scope="module")
 def device(lifecycle_files, admin_keys, tmp_path_factory):
     root = tmp_path_factory.mktemp("tls") / "state"
-    state = StateDir(root).init()
-    shutil.copy(admin_keys[1], state.keys / "admin.pub")
-    installer.install(lifecycle_files["v3"], state)
+    state = device_state(root, lifecycle_files["v3"], admin_keys[1])
     admin_auth.set_password(state, PASSWORD)
     token = root.parent / "token"
     assert main(["admin", "new-token", "--state", str(root), "--out", str(token)]) == 0

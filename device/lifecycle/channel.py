@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from phibox.device.bundle import (
     BundleError,
     Manifest,
@@ -89,8 +91,7 @@ def check_channel_name(name: str) -> str:
 
 
 # --- the build box ---------------------------------------------------------------------------
-def _sign(channel: Channel, key_path: Path, folder: Path) -> Channel:
-    key = load_private_key(key_path)
+def _sign(channel: Channel, key: Ed25519PrivateKey, folder: Path) -> Channel:
     data = channel.signed_bytes()
     atomic_write(folder / CHANNEL_SIG, sign_manifest(CONTEXT + data, key))
     atomic_write(folder / CHANNEL, data)  # last: readers never see a channel whose file is missing
@@ -112,7 +113,7 @@ def _published(folder: Path) -> Channel | None:
 
 def _stamps(valid_days: float, previous: Channel | None) -> tuple[int, str, str]:
     if not 0 < valid_days <= 366:
-        raise PullError(f"--valid-days {valid_days}: give 1 to 366 days")
+        raise PullError(f"--valid-days {valid_days}: give more than 0 and at most 366 days")
     now = datetime.now(UTC)
     sequence = max(int(now.timestamp()), previous.sequence + 1 if previous else 0)
     return sequence, now.strftime(_TIME), (now + timedelta(days=valid_days)).strftime(_TIME)
@@ -139,7 +140,7 @@ def publish(bundle: Path, key_path: Path, folder: Path, channel_name: str | None
     sequence, now, expires = _stamps(valid_days, previous)
     channel = Channel(name, manifest.name, manifest.version, target.name, target.stat().st_size,
                       sha256_file(target)[1], sequence, now, expires)
-    return _sign(channel, key_path, folder)
+    return _sign(channel, key, folder)
 
 
 def renew(key_path: Path, folder: Path, valid_days: float = VALID_DAYS) -> Channel:
@@ -148,9 +149,10 @@ def renew(key_path: Path, folder: Path, valid_days: float = VALID_DAYS) -> Chann
     previous = _published(folder)
     if previous is None:
         raise PullError(f"{folder} holds no {CHANNEL}: publish a bundle there first")
-    verify_tar(folder / previous.file, [load_private_key(key_path).public_key()])
+    key = load_private_key(key_path)
+    verify_tar(folder / previous.file, [key.public_key()])
     sequence, now, expires = _stamps(valid_days, previous)
-    return _sign(replace(previous, sequence=sequence, published_at=now, expires_at=expires), key_path, folder)
+    return _sign(replace(previous, sequence=sequence, published_at=now, expires_at=expires), key, folder)
 
 
 # --- the device ------------------------------------------------------------------------------

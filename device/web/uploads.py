@@ -98,6 +98,9 @@ class UploadArea:
         self.folder.mkdir(parents=True, exist_ok=True)
         with self.lock:
             now = time.time()
+            for done in self.folder.glob("upload-*.done"):  # left by a server stopped mid-install
+                if now - done.stat().st_mtime > self.idle_s:
+                    done.unlink(missing_ok=True)
             for other in self._all():
                 if now - self._last_touched(other) > self.idle_s:
                     self._drop(other)
