@@ -6,8 +6,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,13 +15,12 @@ from pathlib import Path
 
 import pytest
 from test_serve import free_port, get
+from unit_checks import exposure, needs_systemd, verify_errors
 
 from phibox.device.lifecycle.sdnotify import start_notifier
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ("phibox.service", "phibox-pull.service", "phibox-pull.timer")
-needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                   reason="systemd-analyze is not installed (Debian package systemd)")
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +34,13 @@ def rendered(tmp_path_factory) -> Path:
 
 @needs_systemd
 def test_units_verify(rendered: Path) -> None:
-    result = subprocess.run(["systemd-analyze", "verify", "--man=no", *UNITS], cwd=rendered,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    assert verify_errors(rendered, UNITS) == ""
 
 
 @needs_systemd
 @pytest.mark.parametrize("unit", ["phibox.service", "phibox-pull.service"])
 def test_exposure_score_is_at_most_2(rendered: Path, unit: str) -> None:
-    result = subprocess.run(["systemd-analyze", "--offline=true", "security", str(rendered / unit)],
-                            capture_output=True, text=True, timeout=120)
-    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
-    assert match, result.stdout[-2000:] + result.stderr
-    assert float(match.group(1)) <= 2.0
+    assert exposure(rendered / unit) <= 2.0
 
 
 def test_service_is_notify_type_with_a_watchdog_and_restart_limits() -> None:
@@ -74,8 +65,8 @@ def test_pull_unit_has_a_start_timeout_follows_a_named_channel_and_finds_the_ser
 def test_credentials_are_roots_and_read_only_for_the_service() -> None:
     install = (ROOT / "systemd" / "install.sh").read_text()
     unit = (ROOT / "systemd" / "phibox.service").read_text()
-    assert 'install -m 0644 -o root -g root "$key" "/etc/phibox/keys/' in install
-    assert "chown root:phibox /etc/phibox /etc/phibox/keys" in install and "/var/lib/phibox/keys/" not in unit
+    assert 'install -m 0644 -o root -g root "$key" "$config/keys/' in install and "config=/etc/phibox" in install
+    assert 'chown root:"$(id -gn "$user")" "$config" "$config/keys"' in install and "/var/lib/phibox/keys/" not in unit
     assert "PHIBOX_CONFIG_DIR=/etc/phibox" in unit and "ProtectSystem=strict" in unit
     assert "ReadWritePaths=/etc" not in unit
 

@@ -17,6 +17,8 @@ from phibox.device.rag import db
 DEVICE_PACKAGES = (
     ("flask", "Flask"),
     ("waitress", "waitress"),
+    ("cheroot", "cheroot"),
+    ("sqlite_vec", "sqlite-vec"),
     ("numpy", "numpy"),
     ("tokenizers", "tokenizers"),
     ("onnxruntime", "onnxruntime"),
@@ -51,10 +53,18 @@ def check_sqlite() -> str:
     return f"SQLite {sqlite} via {module}, sqlite-vec {vec}, FTS5 on, WAL on"
 
 
+def check_llama_cpu() -> str:
+    """Which CPU code llama.cpp runs here (a portable build loads its best variant now)."""
+    from phibox.device.runtime.cpu_backends import ensure_cpu_backend
+
+    return ensure_cpu_backend().describe()
+
+
 def run_checks() -> list[tuple[str, bool, str]]:
     """(part, ok, detail) for every part the device needs."""
     checks: list[tuple[str, Callable[[], str]]] = [("sqlite", check_sqlite)]
     checks += [(dist, lambda m=module, d=dist: check_package(m, d)) for module, dist in DEVICE_PACKAGES]
+    checks.append(("llama.cpp CPU", check_llama_cpu))
     results = []
     for name, fn in checks:
         try:

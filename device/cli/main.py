@@ -50,6 +50,7 @@ COMMANDS: dict[str, Command] = {
     "status": Command(_DEVICE + "status", "show the active bundle, kept bundles and recent events", "device"),
     "demo": Command(_EXPORT + "demo", "build the demo (tiny model, sample manuals) and serve the kiosk", "export"),
     "bench": Command(_EXPORT + "bench", "measure phibox's paths side by side with the raw libraries", "export"),
+    "appliance": Command(_EXPORT + "appliance", "build the offline install file for kiosks (build box)", "export"),
     "converter": Command(
         _EXPORT + "converter", "set up or locate llama.cpp's GGUF converter (export boxes)", "export"
     ),

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from phibox.device.runtime.backend import STOP_TEXTS, check_control_tokens, check_fit, clean_piece, control_ids
+from phibox.device.runtime.cpu_backends import ensure_cpu_backend
 
 
 class LlamaCppBackend:
@@ -17,6 +18,7 @@ class LlamaCppBackend:
     def __init__(self, gguf: Path, context_window: int, threads: int) -> None:
         from llama_cpp import Llama
 
+        ensure_cpu_backend()
         self.llm = Llama(model_path=str(gguf), n_ctx=context_window, n_threads=threads, n_threads_batch=threads,
                          verbose=False)
         self.context_window = context_window
