@@ -34,6 +34,8 @@ NOT_COVERED = "The manuals on this device do not cover that question. Try other 
 NO_MANUALS = ("No manuals are indexed on this device yet, so there is nothing to answer from. An admin adds them "
               "in /admin or with `phibox ingest`.")
 _CITE = re.compile(r"\[(\d+)\]")
+MIN_PROMPT_TOKENS = 64
+"""The smallest RAG prompt worth sending (the config's own floor for prompt_token_budget)."""
 
 
 class Unavailable(PhiboxError):
@@ -208,6 +210,11 @@ class Engine:
             with self.slot.acquire() as backend:
                 self._check_options(backend.name, opts)
                 budget = min(self.cfg.prompt_token_budget, backend.context_window - max_new)
+                if budget < MIN_PROMPT_TOKENS:
+                    raise ContextOverflowError(
+                        f"max_tokens {max_new} leaves no room for the question and passages in the "
+                        f"{backend.context_window}-token context: ask for at most "
+                        f"{backend.context_window - MIN_PROMPT_TOKENS}, or raise context_window")
                 prompt, used, timings.prompt_tokens = fit_prompt(question, result.hits, backend.count_tokens, budget)
         except NoModelError as exc:
             raise self._unavailable(result) from exc

@@ -36,11 +36,13 @@ RAG_QUESTIONS = ["The press shows E42, what do I check?", "How tight are the con
                  "How do I clean the filler nozzles?", "Labeller shows L09, what now?"]
 
 
-def raw_llama_decode(gguf: Path, tokens: int, threads: int, n_ctx: int) -> float:
-    """Decode tokens/s of a plain llama_cpp.Llama token loop (no phibox code) on the same prompt."""
+def raw_llama_decode(gguf: Path, tokens: int, threads: int, n_ctx: int, mmap: bool) -> float:
+    """Decode tokens/s of a plain llama_cpp.Llama token loop (no phibox code) on the same prompt,
+    with the server's context size and loading."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, use_mmap=mmap,
+                verbose=False)
     try:
         llm.eval(llm.tokenize(PROMPT.encode(), add_bos=True, special=True))
         stamps = []

@@ -46,7 +46,8 @@ def device(lifecycle_files, admin_keys, tiny_bundle_dir: Path, tmp_path_factory)
     token_file = root.parent / "token"
     assert main(["admin", "new-token", "--state", str(root), "--out", str(token_file)]) == 0
     proc, port = start_server(["--state", str(root), "--queue-size", "2", "--backend", "gguf"],
-                              env={"PHIBOX_MAX_API_TOKENS": "1500"})  # a long answer to push under
+                              # a long answer to push under
+                              env={"PHIBOX_MAX_API_TOKENS": "1500", "PHIBOX_CONTEXT_WINDOW": "4096"})
     yield {"state": state, "port": port, "token": token_file, "proc": proc}
     proc.terminate()
     proc.wait(timeout=30)

@@ -212,7 +212,10 @@ def test_the_memory_plan_counts_the_kv_cache_and_respects_the_budget(tiny_bundle
     cfg = EngineConfig(context_window=4096)
     tight, roomy = plan(bundle, cfg, "gguf", budget_mb=1), plan(bundle, cfg, "gguf", budget_mb=1 << 20)
     assert tight.way == "drain" and roomy.way == "side_by_side"
-    assert tight.estimate_mb >= (gguf.stat().st_size * 2 + 4096 * kv_bytes_per_token(gguf)) >> 20
+    assert tight.estimate_mb >= (gguf.stat().st_size + 4096 * kv_bytes_per_token(gguf)) >> 20
+    mapped = plan(bundle, EngineConfig(context_window=4096, mmap=True), "gguf", budget_mb=1)
+    assert mapped.estimate_mb >= (gguf.stat().st_size * 2 + 4096 * kv_bytes_per_token(gguf)) >> 20
+    assert EngineConfig().window == 1024 and EngineConfig(prompt_token_budget=1000).window == 1280
 
 
 @pytest.mark.parametrize("budget_mb", [1, 1 << 20])
@@ -220,7 +223,8 @@ def test_a_live_switch_drains_when_the_new_model_does_not_fit(budget_mb: int, in
                                                                v4_dir: Path) -> None:
     from phibox.device.engine import Unavailable
 
-    service = DeviceService(tiny_bundle_dir, indexed, EngineConfig(), Metrics(), memory_budget_mb=budget_mb)
+    service = DeviceService(tiny_bundle_dir, indexed, EngineConfig(context_window=4096), Metrics(),
+                            memory_budget_mb=budget_mb)
     service.start(background=False)
     done: dict[str, object] = {}
 

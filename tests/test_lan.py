@@ -40,6 +40,7 @@ def lan(lifecycle_files, admin_keys, tmp_path_factory):
         keys[name] = out.read_text().strip()
     proc, port = start_server(["--state", str(root), "--queue-size", "3", "--backend", "gguf"],
                               env={"PHIBOX_API_KEYS": "required", "PHIBOX_MAX_API_TOKENS": "3500",
+                                   "PHIBOX_CONTEXT_WINDOW": "4096",
                                    "PHIBOX_MAX_UPLOAD_MB": str(1 << 30)})  # so the disk check is reached
     yield {"state": state, "port": port, "keys": keys, "proc": proc}
     proc.terminate()

@@ -99,7 +99,8 @@ def start_server(args: list[str], states: tuple[str, ...] = ("ready",), timeout_
 def server(tiny_bundle_dir: Path, docs_db: Path):
     # long answers on purpose (the cancellation test needs one): above the default max_api_tokens
     proc, port = start_server(["--bundle", str(tiny_bundle_dir), "--db", str(docs_db), "--queue-size", "2",
-                               "--backend", "gguf"], env={"PHIBOX_MAX_API_TOKENS": "3500"})
+                               "--backend", "gguf"], env={"PHIBOX_MAX_API_TOKENS": "3500",
+                                                                  "PHIBOX_CONTEXT_WINDOW": "4096"})
     yield proc, port
     proc.terminate()
     proc.wait(timeout=30)

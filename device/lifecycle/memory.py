@@ -91,7 +91,8 @@ def footprint_bytes(bundle: InstalledBundle, cfg: EngineConfig, runtime: str) ->
     embedder = _folder_bytes(bundle.embedder_dir) * 2
     if runtime == "gguf":
         gguf = bundle.gguf_path()
-        return gguf.stat().st_size * 2 + kv_bytes_per_token(gguf) * cfg.context_window + embedder
+        weights = gguf.stat().st_size * (2 if cfg.mmap else 1)  # mapped: the file's pages beside the repacked copy
+        return int(weights * 1.1) + kv_bytes_per_token(gguf) * cfg.window + embedder
     return _folder_bytes(bundle.onnx_dir()) * 2 + embedder
 
 

@@ -15,12 +15,12 @@ class LlamaCppBackend:
 
     name = "gguf"
 
-    def __init__(self, gguf: Path, context_window: int, threads: int) -> None:
+    def __init__(self, gguf: Path, context_window: int, threads: int, mmap: bool = False) -> None:
         from llama_cpp import Llama
 
         ensure_cpu_backend()
         self.llm = Llama(model_path=str(gguf), n_ctx=context_window, n_threads=threads, n_threads_batch=threads,
-                         verbose=False)
+                         use_mmap=mmap, verbose=False)
         self.context_window = context_window
         self.control = control_ids(lambda s: self.llm.tokenize(s.encode(), add_bos=False, special=True))
 

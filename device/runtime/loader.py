@@ -30,7 +30,7 @@ def load_backend(bundle: InstalledBundle, cfg: EngineConfig, wanted: str | None 
     if name == "gguf":
         from phibox.device.runtime.llama import LlamaCppBackend
 
-        return LlamaCppBackend(bundle.gguf_path(), cfg.context_window, cfg.thread_count)
+        return LlamaCppBackend(bundle.gguf_path(), cfg.window, cfg.thread_count, mmap=cfg.mmap)
     from phibox.device.runtime.onnx import OnnxGenaiBackend
 
     return OnnxGenaiBackend(bundle.onnx_dir(), cfg.thread_count)

@@ -165,6 +165,10 @@ def load_serve_config(path: Path | None = None, env: dict[str, str] | None = Non
         raw = env.get(f"PHIBOX_{name.upper()}")
         if raw is not None:
             serve_values[name] = _coerce(name, kind, raw)
+    for f in fields(EngineConfig):
+        raw = env.get(f"PHIBOX_{f.name.upper()}")
+        if raw is not None and f.name not in known:
+            engine_values[f.name] = _coerce(f.name, f.type, raw)
     serve_values.update({k: v for k, v in flags.items() if v is not None and k in known})
     engine_flags = {k: v for k, v in flags.items() if v is not None and k not in known}
     try:

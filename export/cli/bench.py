@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             bench.stop_server(proc)
         if backend == "gguf":
-            raw = [bench.raw_llama_decode(gguf, args.tokens, args.threads, EngineConfig().context_window)
+            raw = [bench.raw_llama_decode(gguf, args.tokens, args.threads, EngineConfig().window, EngineConfig().mmap)
                    for _ in range(3)]
             table.row("decode tokens/s, gguf: HTTP API vs plain llama_cpp.Llama loop", api, statistics.median(raw),
                       "tokens/s")
