@@ -84,8 +84,6 @@ class Answer:
     timings: Timings = field(default_factory=Timings)
     finish_reason: str = "stop"
     """stop, length (max_new_tokens reached) or cancelled."""
-    pieces: int = 0
-    """Text pieces streamed (the OpenAI API's completion_tokens, as before; see runtime/worker.py)."""
 
     def cited_hits(self) -> list[Hit]:
         return [self.passages[n - 1] for n in self.cited]
@@ -160,8 +158,7 @@ class Answering:
         t.tokens_per_s = None if stats.tokens_per_s is None else round(stats.tokens_per_s, 2)
         t.total_ms = _ms_since(self.started)
         text = stats.text.strip()
-        return Answer(text, True, self.passages, parse_citations(text, len(self.passages)), t, stats.finish_reason,
-                      stats.pieces)
+        return Answer(text, True, self.passages, parse_citations(text, len(self.passages)), t, stats.finish_reason)
 
 
 def _ms_since(started: float) -> float:

@@ -323,3 +323,55 @@ def test_a_manual_uploaded_during_a_reindex_is_indexed_by_a_queued_run(tmp_path:
         assert {d["source"] for d in service.documents.listing()} == {"first.md", "second.md"}
     finally:
         service.close()
+
+
+def test_the_derived_context_trims_the_prompt_to_fit_a_long_answer_and_refuses_one_that_leaves_no_room(
+        indexed: Path, tiny_bundle_dir: Path) -> None:
+    from phibox.device.runtime.backend import ContextOverflowError
+
+    cfg = EngineConfig()  # context_window 0: derived, 1024 tokens for the default budget of 600 + 256
+    backend = LlamaCppBackend(next((tiny_bundle_dir / "model").glob("*.gguf")), cfg.window, 1)
+    slot = ModelSlot()
+    slot.replace(backend)
+    worker = GenerationWorker(slot, 4, NullObserver())
+    worker.start()
+    engine = Engine(Documents(indexed), slot, worker, cfg, NullObserver(), OnnxEmbedder(tiny_bundle_dir / "embedder"))
+    try:
+        assert backend.llm.n_ctx() == 1024
+        normal = engine.ask(QUESTION, Options(max_new_tokens=8))
+        list(normal.events())
+        long = engine.ask(QUESTION, Options(max_new_tokens=900))
+        assert 0 < long.timings.prompt_tokens <= 1024 - 900 < normal.timings.prompt_tokens
+        assert len(long.passages) < len(normal.passages)  # trimmed to fit, not overflowed
+        list(long.events())
+        with pytest.raises(ContextOverflowError, match="ask for at most 960"):
+            engine.ask(QUESTION, Options(max_new_tokens=1000))
+    finally:
+        worker.stop()
+        slot.close()
+
+
+@pytest.mark.parametrize("runtime", ["gguf", "onnx"])
+def test_token_counts_and_finish_reason_are_the_models_tokens_not_streamed_pieces(
+        runtime: str, indexed: Path, tiny_bundle_dir: Path) -> None:
+    from phibox.device.installed import InstalledBundle
+    from phibox.device.runtime.loader import load_backend
+
+    cfg = EngineConfig(threads=1)
+    backend = load_backend(InstalledBundle.open(tiny_bundle_dir), cfg, runtime)
+    slot = ModelSlot()
+    slot.replace(backend)
+    worker = GenerationWorker(slot, 4, NullObserver())
+    worker.start()
+    engine = Engine(Documents(indexed), slot, worker, cfg, NullObserver(), OnnxEmbedder(tiny_bundle_dir / "embedder"))
+    try:
+        events = list(engine.ask(QUESTION, Options(max_new_tokens=48, min_new_tokens=48)).events())
+        answer = events[-1].data
+        pieces = [e for e in events if e.kind == "token"]
+        assert answer.timings.generated_tokens == 48 and answer.finish_reason == "length"
+        assert 0 < len(pieces) <= 48
+        short = list(engine.ask(QUESTION, Options(max_new_tokens=48)).events())[-1].data
+        assert (short.finish_reason == "length") == (short.timings.generated_tokens == 48)
+    finally:
+        worker.stop()
+        slot.close()

@@ -38,7 +38,10 @@ class Backend(Protocol):
 
     def generate(self, prompt: str, max_new_tokens: int, temperature: float = 0.0,
                  cancel: threading.Event | None = None, reuse_prefix: bool = True,
-                 logit_bias: dict[int, float] | None = None, min_new_tokens: int = 0) -> Iterator[str]: ...
+                 logit_bias: dict[int, float] | None = None, min_new_tokens: int = 0) -> Iterator[str]:
+        """One item per generated token (the text it completes, possibly ""): the count is the
+        answer's token count. The end-of-turn token is not yielded."""
+        ...
 
     def close(self) -> None: ...
 

@@ -81,10 +81,9 @@ class OnnxGenaiBackend:
             token = int(self.generator.get_next_tokens()[0])
             self.tokens.append(token)
             piece, stop = clean_piece(stream.decode(token))
-            if piece:
-                yield piece
             if stop:
                 break
+            yield piece  # one item per token, "" while a character is incomplete
 
     def close(self) -> None:
         self.generator = None

@@ -37,9 +37,9 @@ class GenStats:
     finish_reason: str
     """stop (end of turn or a stop string) or length (max_new_tokens reached)."""
     pieces: int
-    """Streamed text pieces (llama.cpp merges tokens into pieces: not a token count)."""
+    """Streamed text pieces (tokens with text; a token inside a multi-byte character has none)."""
     tokens: int
-    """Tokens of the answer, counted with the model's own tokenizer."""
+    """Tokens the model generated for the answer (the end-of-turn token not counted)."""
     first_token_s: float | None
     tokens_per_s: float | None
     queue_wait_s: float
@@ -135,30 +135,35 @@ class GenerationWorker:
         started = time.monotonic()
         wait = started - job.submitted
         self.observer.queue_wait(wait)
-        text, pieces, first = "", 0, None
+        text, pieces, tokens, first = "", 0, 0, None
         finish = "length"
         for piece in backend.generate(job.prompt, job.max_new_tokens, job.temperature, job.cancel,
                                       reuse_prefix=job.reuse_prefix, logit_bias=job.logit_bias,
                                       min_new_tokens=job.min_tokens):
             self.heartbeat = time.monotonic()
+            tokens += 1  # the backend yields once per token
             if first is None:
                 first = time.monotonic() - started
                 self.observer.first_token(first)
-            pieces += 1
+            if not piece:
+                continue
             candidate = text + piece
-            cut = min((candidate.find(s) for s in job.stop if s and s in candidate), default=-1)
+            # the text so far holds no stop string: look only where a new one could end
+            found = (candidate.find(s, max(0, len(text) - len(s) + 1)) for s in job.stop if s)
+            cut = min((i for i in found if i >= 0), default=-1)
             if cut >= 0:
                 piece, finish = candidate[:cut][len(text):], "stop"
                 if piece:
+                    pieces += 1
                     job.events.put(("token", piece))
                 text = candidate[:cut]
                 break
             text = candidate
+            pieces += 1
             job.events.put(("token", piece))
         else:
-            finish = "length" if pieces >= job.max_new_tokens else "stop"
+            finish = "length" if tokens >= job.max_new_tokens else "stop"
         ended = time.monotonic()
-        tokens = backend.count_tokens(text) - backend.count_tokens("") if text else 0
         rate = None
         if first is not None and tokens > 1:
             rate = (tokens - 1) / max(ended - started - first, 1e-9)

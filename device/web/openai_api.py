@@ -229,7 +229,7 @@ def _finish(answer: Answer) -> str:
 
 
 def _completion(req: dict[str, Any], answer: Answer, prompt_tokens: int) -> dict[str, Any]:
-    completion_tokens = answer.pieces if answer.covered else 0
+    completion_tokens = (answer.timings.generated_tokens or 0) if answer.covered else 0
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
         "model": req["model"],
