@@ -41,6 +41,8 @@ class EngineConfig:
     """Tokens the model context holds (prompt + answer must fit); 0 derives it from
     prompt_token_budget + max_new_tokens, rounded up to 256 (1024 by default). Phi-3-mini's f16 KV
     cache costs 384 KB a token: 4096 would hold 1.5 GiB for prompts the budget never allows."""
+    answer_cache_size: int = 256
+    """Finished answers kept for repeated questions (replayed at once, marked as such); 0 turns it off."""
     mmap: bool = False
     """Map the GGUF file instead of reading it. llama.cpp repacks the weights for the CPU either way;
     mapped, the file's pages stay resident beside the repacked copy (+2.2 GB at Phi-3-mini size,

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from phibox.device.answer_cache import AnswerCache, CachedAnswer, cache_key
 from phibox.device.config import EngineConfig
 from phibox.device.documents import Documents
 from phibox.device.errors import PhiboxError
@@ -34,6 +35,8 @@ NOT_COVERED = "The manuals on this device do not cover that question. Try other 
 NO_MANUALS = ("No manuals are indexed on this device yet, so there is nothing to answer from. An admin adds them "
               "in /admin or with `phibox ingest`.")
 _CITE = re.compile(r"\[(\d+)\]")
+REPLAY_WORDS = 4
+"""Words per event when a cached answer is replayed."""
 MIN_PROMPT_TOKENS = 64
 """The smallest RAG prompt worth sending (the config's own floor for prompt_token_budget)."""
 
@@ -84,12 +87,15 @@ class Answer:
     timings: Timings = field(default_factory=Timings)
     finish_reason: str = "stop"
     """stop, length (max_new_tokens reached) or cancelled."""
+    cached: bool = False
+    """A repeated question: the earlier answer to the same question from the same passages, replayed."""
 
     def cited_hits(self) -> list[Hit]:
         return [self.passages[n - 1] for n in self.cited]
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "covered": self.covered, "cited": self.cited, "finish_reason": self.finish_reason,
+                "cached": self.cached,
                 "passages": [h.to_dict() for h in self.passages], "timings": asdict(self.timings)}
 
 
@@ -114,13 +120,14 @@ class Answering:
     """One question on its way: the passages now, the answer as the worker produces it."""
 
     def __init__(self, passages: list[Hit], timings: Timings, started: float, job: Job | None,
-                 not_covered: str = NOT_COVERED) -> None:
+                 not_covered: str = NOT_COVERED, replay: CachedAnswer | None = None,
+                 keep: Callable[[Answer], None] | None = None) -> None:
         self.passages, self.timings, self.started, self.job = passages, timings, started, job
-        self.not_covered = not_covered
+        self.not_covered, self.replay, self.keep = not_covered, replay, keep
 
     @property
     def covered(self) -> bool:
-        return self.job is not None
+        return self.job is not None or self.replay is not None
 
     def cancel(self) -> None:
         if self.job is not None:
@@ -130,6 +137,9 @@ class Answering:
         """passages, tokens, then done (or error); ``waiting`` every keepalive_s while nothing comes.
         Leaving early, for any reason (a client gone, Ctrl-C), cancels the generation."""
         yield Event("passages", self.passages)
+        if self.replay is not None:
+            yield from self._replayed(self.replay)
+            return
         if self.job is None:
             yield Event("token", self.not_covered)
             self.timings.total_ms = _ms_since(self.started)
@@ -145,10 +155,24 @@ class Answering:
                     yield Event("error", data)
                     return
                 else:
-                    yield Event("done", self._answer(data))
+                    answer = self._answer(data)
+                    if self.keep is not None and answer.finish_reason in ("stop", "length"):
+                        self.keep(answer)
+                    yield Event("done", answer)
                     return
         finally:
             self.job.cancel.set()
+
+    def _replayed(self, replay: CachedAnswer) -> Iterator[Event]:
+        """The earlier answer as a stream of a few words at a time, at once."""
+        words = re.findall(r"\S+\s*", replay.text)
+        self.timings.first_token_ms = _ms_since(self.started)
+        for i in range(0, len(words), REPLAY_WORDS):
+            yield Event("token", "".join(words[i:i + REPLAY_WORDS]))
+        self.timings.generated_tokens = replay.tokens
+        self.timings.total_ms = _ms_since(self.started)
+        yield Event("done", Answer(replay.text, True, self.passages, parse_citations(replay.text, len(self.passages)),
+                                   self.timings, replay.finish_reason, cached=True))
 
     def _answer(self, stats: GenStats) -> Answer:
         t = self.timings
@@ -174,6 +198,8 @@ class Engine:
                  observer: Observer, embedder: OnnxEmbedder | None = None) -> None:
         self.documents, self.slot, self.worker, self.cfg, self.observer = documents, slot, worker, cfg, observer
         self.embedder = embedder
+        self.answers = AnswerCache(cfg.answer_cache_size)
+        """Finished answers for repeated questions; the running device clears it on a model switch."""
         self.model_note = "the model is still loading"
         """Why the slot is empty, for the technician (the running device sets it)."""
 
@@ -215,8 +241,17 @@ class Engine:
                 prompt, used, timings.prompt_tokens = fit_prompt(question, result.hits, backend.count_tokens, budget)
         except NoModelError as exc:
             raise self._unavailable(result) from exc
+        if not self._cacheable(opts):
+            return Answering(used, timings, started, self._submit(prompt, max_new, opts, used, result.retrieval_ms))
+        key = cache_key(question, [(h.chunk_id, h.text) for h in used], max_new)
+        found = self.answers.get(key)
+        self.observer.answer_cache(found is not None)
+        if found is not None:
+            return Answering(used, timings, started, None, replay=found)
+        generation = self.answers.generation
         job = self._submit(prompt, max_new, opts, used, result.retrieval_ms)
-        return Answering(used, timings, started, job)
+        return Answering(used, timings, started, job, keep=lambda answer: self.answers.put(
+            key, CachedAnswer(answer.text, answer.finish_reason, answer.timings.generated_tokens), generation))
 
     def chat(self, messages: list[dict[str, str]], options: Options | None = None) -> Answering:
         """A chat as given, without retrieval (the OpenAI API's -norag model)."""
@@ -235,6 +270,11 @@ class Engine:
             raise ContextOverflowError(f"{n} prompt tokens + max_tokens {max_new} exceed the {window}-token context")
         job = self._submit(prompt, max_new, opts, [], 0.0)
         return Answering([], Timings(prompt_tokens=n), started, job)
+
+    def _cacheable(self, opts: Options) -> bool:
+        """Greedy answers with default options are what the model would say again."""
+        temperature = self.cfg.temperature if opts.temperature is None else opts.temperature
+        return temperature == 0 and not opts.logit_bias and not opts.stop and not opts.min_new_tokens
 
     def _check_options(self, runtime: str, opts: Options) -> None:
         if opts.logit_bias and runtime != "gguf":

@@ -35,6 +35,9 @@ class Observer(Protocol):
     def model_ready(self, ready: bool) -> None:
         """A model is (or is no longer) loaded and answering."""
 
+    def answer_cache(self, hit: bool) -> None:
+        """A cacheable question found (True) or did not find (False) an earlier answer."""
+
 
 class NullObserver:
     """Reports nowhere: the command line's observer."""
@@ -61,4 +64,7 @@ class NullObserver:
         return None
 
     def model_ready(self, ready: bool) -> None:
+        return None
+
+    def answer_cache(self, hit: bool) -> None:
         return None

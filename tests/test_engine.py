@@ -375,3 +375,41 @@ def test_token_counts_and_finish_reason_are_the_models_tokens_not_streamed_piece
     finally:
         worker.stop()
         slot.close()
+
+
+def test_repeated_questions_are_replayed_until_the_model_or_the_manuals_change(tiny_bundle_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    from docs_kit import PRESS_MD
+
+    manuals = write_corpus(tmp_path / "manuals")
+    embedder = OnnxEmbedder(tiny_bundle_dir / "embedder")
+    documents = Documents(tmp_path / "documents.db")
+    cfg = EngineConfig(max_new_tokens=24, threads=1)
+    documents.ingest([manuals], embedder, cfg)
+    slot = ModelSlot()
+    slot.replace(LlamaCppBackend(tiny_bundle_dir / "model" / "phi3-q4_k_m.gguf", cfg.window, 1))
+    worker = GenerationWorker(slot, 4, NullObserver())
+    worker.start()
+    engine = Engine(documents, slot, worker, cfg, NullObserver(), embedder)
+
+    def ask(question: str, options: Options | None = None):
+        answering = engine.ask(question, options)
+        return answering, list(answering.events())[-1].data
+
+    try:
+        first, answer = ask("What do I do when the press shows E42?")
+        assert first.job is not None and not answer.cached
+        again, replayed = ask("what do i do when the PRESS shows e42")
+        assert again.job is None and replayed.cached  # no generation: the earlier answer, marked
+        assert replayed.text == answer.text and replayed.cited == answer.cited
+        assert ask("What do I do when the press shows E42?", Options(min_new_tokens=4))[0].job is not None
+        engine.answers.clear()  # what the running device does on a model switch
+        assert ask("What do I do when the press shows E42?")[0].job is not None
+        assert ask("What do I do when the press shows E42?")[0].job is None
+        (manuals / "press.md").write_text(PRESS_MD.replace("E42", "E42 (hydraulic oil too hot)"))
+        documents.ingest([manuals], embedder, cfg)  # an edited manual: other passages, another answer
+        assert ask("What do I do when the press shows E42?")[0].job is not None
+    finally:
+        worker.stop()
+        slot.close()
+        documents.close()

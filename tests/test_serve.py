@@ -252,3 +252,22 @@ def test_hostile_documents_stay_inert_in_the_page_and_api(server) -> None:
         assert sink not in js
     _, _, raw = get(port, "/api/search?q=guard+door+switch+DS-7")
     assert '<script>alert(\\"doc\\")</script>' in raw.decode()  # plain data in JSON; the page sets textContent
+
+
+def test_a_repeated_question_replays_the_earlier_answer_marked_and_counted(server) -> None:
+    _, port = server
+    question = "How often is the hydraulic oil of the press changed?"
+    first = sse_events(post(port, "/api/ask", {"question": question})[2])
+    again = sse_events(post(port, "/api/ask", {"question": "how OFTEN is the hydraulic oil of the press changed?  "})[2])
+    done_first, done_again = first[-1][1], again[-1][1]
+    assert first[-1][0] == again[-1][0] == "done"
+    assert done_first["cached"] is False and done_again["cached"] is True, (done_first, done_again)
+    assert done_again["text"] == done_first["text"] and done_again["citations"] == done_first["citations"]
+    assert [d["passages"] for kind, d in again if kind == "passages"] == [
+        d["passages"] for kind, d in first if kind == "passages"]
+    assert "".join(d["text"] for kind, d in again if kind == "token") == done_first["text"]
+    assert done_again["timings"]["generated_tokens"] == done_first["timings"]["generated_tokens"]
+    metrics = get(port, "/metrics")[2].decode()
+    assert 'phibox_answer_cache_total{result="hit"}' in metrics
+    hits = float(metrics.split('phibox_answer_cache_total{result="hit"} ')[1].split()[0])
+    assert hits >= 1

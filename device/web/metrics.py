@@ -17,6 +17,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter("phibox_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
         self.rejections = Counter("phibox_rejections", "Questions turned away", ["reason"], registry=r)
+        self.answer_cache_lookups = Counter("phibox_answer_cache", "Repeated-question lookups by result (hit, miss)",
+                                            ["result"], registry=r)
         self.queue_depth_gauge = Gauge("phibox_queue_depth", "Questions waiting for the generation worker", registry=r)
         self.generating_gauge = Gauge("phibox_generating", "1 while the worker generates", registry=r)
         self.model_ready_gauge = Gauge("phibox_model_ready", "1 when a model is loaded and answering", registry=r)
@@ -56,3 +58,6 @@ class Metrics:
 
     def model_ready(self, ready: bool) -> None:
         self.model_ready_gauge.set(1 if ready else 0)
+
+    def answer_cache(self, hit: bool) -> None:
+        self.answer_cache_lookups.labels(result="hit" if hit else "miss").inc()

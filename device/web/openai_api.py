@@ -239,6 +239,7 @@ def _completion(req: dict[str, Any], answer: Answer, prompt_tokens: int) -> dict
                   "total_tokens": prompt_tokens + completion_tokens},
         "citations": [passage_json(n, answer.passages[n - 1]) for n in answer.cited],
         "passages": passages_json(answer.passages),
+        "cached": answer.cached,
     }
 
 
@@ -261,5 +262,6 @@ def _stream(req: dict[str, Any], answering: Answering):
         elif event.kind == "done":
             answer: Answer = event.data
             cited = [passage_json(n, answer.passages[n - 1]) for n in answer.cited]
-            yield _chunk(cid, model, {}, _finish(answer), citations=cited, passages=passages_json(answer.passages))
+            yield _chunk(cid, model, {}, _finish(answer), citations=cited, passages=passages_json(answer.passages),
+                         cached=answer.cached)
     yield "data: [DONE]\n\n"

@@ -31,6 +31,7 @@ def passages_json(hits: list[Hit]) -> list[dict[str, Any]]:
 def done_json(answer: Answer) -> dict[str, Any]:
     t = answer.timings
     return {"text": answer.text, "covered": answer.covered, "finish_reason": answer.finish_reason,
+            "cached": answer.cached,
             "citations": [passage_json(n, answer.passages[n - 1]) for n in answer.cited],
             "timings": {"retrieval_ms": t.retrieval_ms, "prompt_tokens": t.prompt_tokens,
                         "queue_wait_ms": t.queue_wait_ms, "first_token_ms": t.first_token_ms,

@@ -170,7 +170,10 @@ async function ask(question) {
       else if (event === "done") {
         renderAnswer(data.text);
         const t = data.timings || {};
-        if (t.first_token_ms != null) {
+        if (data.cached) {
+          $("timings").textContent = "asked before: the same answer from the same passages · passages in "
+            + Math.round(t.retrieval_ms) + " ms";
+        } else if (t.first_token_ms != null) {
           $("timings").textContent = "first words after " + (t.first_token_ms / 1000).toFixed(1) + " s · "
             + (t.tokens_per_s || 0).toFixed(1) + " tokens/s · passages in " + Math.round(t.retrieval_ms) + " ms";
         }
