@@ -107,6 +107,29 @@ def api_first_token_ms(port: int, model: str, question: str) -> float:
     return (first - sent) * 1000
 
 
+def kiosk_answer_ms(port: int, question: str) -> tuple[float, float, bool]:
+    """A question asked the kiosk's way (/api/ask): (ms to the first answer text, ms to the done
+    event, whether the answer was replayed from the answer cache)."""
+    sent, lines = _post_stream(port, "/api/ask", {"question": question})
+    first = next((t for t, line in lines if line.startswith(b"event: token")), lines[-1][0])
+    done = next(i for i, (_, line) in enumerate(lines) if line.startswith(b"event: done"))
+    payload = json.loads(lines[done + 1][1].decode()[len("data: "):])
+    return (first - sent) * 1000, (lines[done][0] - sent) * 1000, bool(payload.get("cached"))
+
+
+def repeated_question(where: list[str], threads: int) -> dict[str, float]:
+    """The same kiosk question twice: generated the first time, replayed the second."""
+    proc, port = start_server(where, "gguf", threads)
+    try:
+        first_ms, generated_ms, _ = kiosk_answer_ms(port, RAG_QUESTIONS[3])
+        _, replayed_ms, cached = kiosk_answer_ms(port, RAG_QUESTIONS[3])
+    finally:
+        stop_server(proc)
+    if not cached:
+        raise RuntimeError("the repeated question was not replayed from the answer cache")
+    return {"first_token_ms": first_ms, "generated_ms": generated_ms, "replayed_ms": replayed_ms}
+
+
 def start_server(where: list[str], backend: str, threads: int, config: Path | None = None,
                  env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     """`phibox serve` on a free loopback port (extra environment in env), once /healthz says ready."""

@@ -85,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         cold, warm = bench.ttft(where, f"phibox-{name}", args.threads, 2 if args.phi3_mini_shape else 5, Path(scratch))
     table.row("time to first token, reused system-prompt prefix vs none", warm, cold, "ms", "client side, RAG")
+    print("a repeated kiosk question (answer cache) ...", flush=True)
+    repeat = bench.repeated_question(where, args.threads)
+    table.row("repeated question: whole answer replayed vs the first time's first words", repeat["replayed_ms"],
+              repeat["first_token_ms"], "ms", f"the first answer took {repeat['generated_ms'] / 1000:.1f} s in all")
     print("peak RSS of the server during a live bundle switch ...", flush=True)
     with tempfile.TemporaryDirectory(dir=args.out.resolve().parent) as scratch:
         peaks = bench.activation_peaks(bundle, args.threads, Path(scratch))
