@@ -338,12 +338,21 @@ def pull_peak(state: Path, bundle_file: Path, scratch: Path, threads: int) -> fl
         (state / "push.token").write_bytes((scratch / "push.token").read_bytes())
         pull = subprocess.Popen([sys.executable, "-m", "phibox.device.cli", "pull",
                                  f"http://127.0.0.1:{files.server_address[1]}/", "--channel", "bench", "--state",
-                                 str(state), "--through-server"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(pull.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(f"phibox pull failed: {pull.stderr.read().decode()[-800:]}")
-        assert f"pulled and activated {name} v4" in pull.stdout.read().decode()
+                                 str(state), "--through-server"], stdout=(scratch / "pull.out").open("wb"),
+                                stderr=(scratch / "pull.err").open("wb"))
+        # VmHWM of the pull's own (exec'd) address space. Not wait4's ru_maxrss: a child's maxrss
+        # starts from its parent's high-water mark at fork (here the bench's, a model loaded before).
+        peak = 0.0
+        while pull.poll() is None:
+            try:
+                peak = max(peak, status_mb(pull.pid))
+            except OSError:
+                break
+            time.sleep(0.05)
+        if pull.wait() != 0:
+            raise RuntimeError(f"phibox pull failed: {(scratch / 'pull.err').read_text()[-800:]}")
+        assert f"pulled and activated {name} v4" in (scratch / "pull.out").read_text()
     finally:
         stop_server(proc)
         files.shutdown()
-    return usage.ru_maxrss / 1024
+    return peak
