@@ -138,6 +138,14 @@ def test_answer_streams_and_passages_open(kiosk, browser) -> None:
     assert "press" in marks and "e42" in marks
     browser.save_screenshot(str(ARTIFACTS / "browser-passage.png"))
     assert "The press shows E42" in browser.find_element(By.ID, "history").text
+    first_answer = browser.find_element(By.ID, "answer").text
+    hits = metric(kiosk["url"], 'phibox_answer_cache_total{result="hit"}')
+    browser.execute_script("document.getElementById('passage').close();")
+    ask(browser, kiosk["url"], "The press shows E42, what do I check?")  # the same question again
+    wait_for(lambda: "asked before" in browser.find_element(By.ID, "timings").text)
+    assert browser.find_element(By.ID, "answer").text == first_answer
+    assert metric(kiosk["url"], 'phibox_answer_cache_total{result="hit"}') == hits + 1
+    browser.save_screenshot(str(ARTIFACTS / "browser-asked-before.png"))
 
 
 def test_citations_in_an_answer_become_buttons_and_hostile_output_stays_text(kiosk, browser) -> None:
