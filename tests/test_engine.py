@@ -3,6 +3,7 @@ the tiny GGUF in llama.cpp, the real MiniLM embedder, a real SQLite file with sq
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -325,18 +326,27 @@ def test_a_manual_uploaded_during_a_reindex_is_indexed_by_a_queued_run(tmp_path:
         service.close()
 
 
+@contextlib.contextmanager
+def running_engine(backend, documents: Documents, cfg: EngineConfig, bundle_dir: Path):
+    """An engine over one loaded model and a started worker, torn down after."""
+    slot = ModelSlot()
+    slot.replace(backend)
+    worker = GenerationWorker(slot, 4, NullObserver())
+    worker.start()
+    try:
+        yield Engine(documents, slot, worker, cfg, NullObserver(), OnnxEmbedder(bundle_dir / "embedder"))
+    finally:
+        worker.stop()
+        slot.close()
+
+
 def test_the_derived_context_trims_the_prompt_to_fit_a_long_answer_and_refuses_one_that_leaves_no_room(
         indexed: Path, tiny_bundle_dir: Path) -> None:
     from phibox.device.runtime.backend import ContextOverflowError
 
     cfg = EngineConfig()  # context_window 0: derived, 1024 tokens for the default budget of 600 + 256
     backend = LlamaCppBackend(next((tiny_bundle_dir / "model").glob("*.gguf")), cfg.window, 1)
-    slot = ModelSlot()
-    slot.replace(backend)
-    worker = GenerationWorker(slot, 4, NullObserver())
-    worker.start()
-    engine = Engine(Documents(indexed), slot, worker, cfg, NullObserver(), OnnxEmbedder(tiny_bundle_dir / "embedder"))
-    try:
+    with running_engine(backend, Documents(indexed), cfg, tiny_bundle_dir) as engine:
         assert backend.llm.n_ctx() == 1024
         normal = engine.ask(QUESTION, Options(max_new_tokens=8))
         list(normal.events())
@@ -346,9 +356,6 @@ def test_the_derived_context_trims_the_prompt_to_fit_a_long_answer_and_refuses_o
         list(long.events())
         with pytest.raises(ContextOverflowError, match="ask for at most 960"):
             engine.ask(QUESTION, Options(max_new_tokens=1000))
-    finally:
-        worker.stop()
-        slot.close()
 
 
 @pytest.mark.parametrize("runtime", ["gguf", "onnx"])
@@ -359,12 +366,7 @@ def test_token_counts_and_finish_reason_are_the_models_tokens_not_streamed_piece
 
     cfg = EngineConfig(threads=1)
     backend = load_backend(InstalledBundle.open(tiny_bundle_dir), cfg, runtime)
-    slot = ModelSlot()
-    slot.replace(backend)
-    worker = GenerationWorker(slot, 4, NullObserver())
-    worker.start()
-    engine = Engine(Documents(indexed), slot, worker, cfg, NullObserver(), OnnxEmbedder(tiny_bundle_dir / "embedder"))
-    try:
+    with running_engine(backend, Documents(indexed), cfg, tiny_bundle_dir) as engine:
         events = list(engine.ask(QUESTION, Options(max_new_tokens=48, min_new_tokens=48)).events())
         answer = events[-1].data
         pieces = [e for e in events if e.kind == "token"]
@@ -372,9 +374,6 @@ def test_token_counts_and_finish_reason_are_the_models_tokens_not_streamed_piece
         assert 0 < len(pieces) <= 48
         short = list(engine.ask(QUESTION, Options(max_new_tokens=48)).events())[-1].data
         assert (short.finish_reason == "length") == (short.timings.generated_tokens == 48)
-    finally:
-        worker.stop()
-        slot.close()
 
 
 def test_repeated_questions_are_replayed_until_the_model_or_the_manuals_change(tiny_bundle_dir: Path,
@@ -386,17 +385,13 @@ def test_repeated_questions_are_replayed_until_the_model_or_the_manuals_change(t
     documents = Documents(tmp_path / "documents.db")
     cfg = EngineConfig(max_new_tokens=24, threads=1)
     documents.ingest([manuals], embedder, cfg)
-    slot = ModelSlot()
-    slot.replace(LlamaCppBackend(tiny_bundle_dir / "model" / "phi3-q4_k_m.gguf", cfg.window, 1))
-    worker = GenerationWorker(slot, 4, NullObserver())
-    worker.start()
-    engine = Engine(documents, slot, worker, cfg, NullObserver(), embedder)
+    backend = LlamaCppBackend(tiny_bundle_dir / "model" / "phi3-q4_k_m.gguf", cfg.window, 1)
+    with running_engine(backend, documents, cfg, tiny_bundle_dir) as engine:
 
-    def ask(question: str, options: Options | None = None):
-        answering = engine.ask(question, options)
-        return answering, list(answering.events())[-1].data
+        def ask(question: str, options: Options | None = None):
+            answering = engine.ask(question, options)
+            return answering, list(answering.events())[-1].data
 
-    try:
         first, answer = ask("What do I do when the press shows E42?")
         assert first.job is not None and not answer.cached
         again, replayed = ask("what do i do when the PRESS shows e42")
@@ -409,7 +404,4 @@ def test_repeated_questions_are_replayed_until_the_model_or_the_manuals_change(t
         (manuals / "press.md").write_text(PRESS_MD.replace("E42", "E42 (hydraulic oil too hot)"))
         documents.ingest([manuals], embedder, cfg)  # an edited manual: other passages, another answer
         assert ask("What do I do when the press shows E42?")[0].job is not None
-    finally:
-        worker.stop()
-        slot.close()
-        documents.close()
+    documents.close()
