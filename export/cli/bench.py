@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         proc, port = bench.start_server(where, backend, args.threads)
         try:
             api = statistics.median(bench.api_decode(port, f"phibox-{name}-norag", args.tokens) for _ in range(3))
+            bench.api_first_token_ms(port, f"phibox-{name}", bench.RAG_QUESTIONS[1])  # the embedder at work too
             rss = bench.status_mb(proc.pid)
         finally:
             bench.stop_server(proc)
