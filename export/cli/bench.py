@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             table.row("decode tokens/s, gguf: HTTP API vs plain llama_cpp.Llama loop", api, statistics.median(raw),
                       "tokens/s")
             table.row("device server peak RSS vs GGUF file size", rss, gguf.stat().st_size / 2**20, "MB",
-                      "whole server: model, embedder, Flask, waitress")
+                      "whole server: model, embedder, Flask, waitress; decode, then a RAG question")
         else:
             raw = [bench.raw_genai_decode(bundle / "onnx", args.tokens, args.threads) for _ in range(3)]
             table.row("decode tokens/s, onnx: HTTP API vs raw onnxruntime-genai", api, statistics.median(raw),
