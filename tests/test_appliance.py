@@ -252,6 +252,21 @@ def test_the_packaged_llama_cpp_generates_the_same_text_on_older_emulated_cpus(
         assert emulated["text"] == native["text"], (model, emulated["text"], native["text"])
 
 
+@needs_netns
+def test_the_portable_llama_cpp_loads_its_variants_under_memory_deny_write_execute(
+        installed: Path, tiny_gguf: Path) -> None:
+    """phibox.service sets MemoryDenyWriteExecute=yes: the variant loading (dlopen of every
+    libggml-cpu-*.so to score it) and generation must work under the kernel's W^X switch."""
+    python = installed / "opt" / "current" / "bin" / "python"
+    result = subprocess.run([str(python), str(TESTS / "appliance_generate.py"), str(tiny_gguf), "--wx"],
+                            capture_output=True, text=True, timeout=300)
+    if result.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE")
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["portable"] and answer["tokens"] > 0
+
+
 @needs_systemd
 @needs_netns
 def test_the_installed_service_unit_verifies_and_scores_at_most_2(installed: Path) -> None:
