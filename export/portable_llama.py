@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import fcntl
 import hashlib
 import io
 import os
@@ -61,14 +62,21 @@ def portable_wheel(version: str, *, log: Callable[[str], None] = print, cache: P
     if done:
         return done[0]
     folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second build of the same wheel waits for the first, then reuses it
+        done = sorted(folder.glob("*.whl"))
+        return done[0] if done else _build(version, folder, log)
+
+
+def _build(version: str, folder: Path, log: Callable[[str], None]) -> Path:
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".llama-build-") as tmp:
         raw = build_raw_wheel(version, Path(tmp), log)
         staged = Path(tmp) / "out"
         staged.mkdir()
         wheel = repack(raw, staged)
         if not variants_in(wheel):
-            raise ConfigError(f"the portable build of llama-cpp-python {version} has no CPU variants; "
-                              f"see {Path(tmp) / 'build.log'}")
+            raise ConfigError(f"the portable build of llama-cpp-python {version} has no CPU variants: "
+                              f"does this llama.cpp support {' '.join(CMAKE_FLAGS)} on {platform_tag()}?")
         shutil.rmtree(folder, ignore_errors=True)
         staged.rename(folder)
     return folder / wheel.name

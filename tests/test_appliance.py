@@ -287,3 +287,29 @@ def test_uninstall_keeps_the_state_directory_unless_purged(installed: Path, unpa
     assert not (installed / "units" / "phibox.service").exists() and (installed / "state" / "marker").exists()
     again = subprocess.run(uninstall, capture_output=True, text=True)
     assert again.returncode != 0 and "no phibox appliance install" in again.stderr
+
+
+def test_two_builds_of_the_portable_wheel_at_once_compile_it_once(tmp_path: Path, monkeypatch) -> None:
+    import threading
+
+    from phibox.export import portable_llama
+
+    builds = []
+
+    def slow_build(version: str, folder: Path, log) -> Path:
+        builds.append(version)
+        time.sleep(0.5)  # the second caller arrives while this one compiles
+        folder.mkdir()
+        wheel = folder / f"llama_cpp_python-{version}-py3-none-linux_x86_64.whl"
+        wheel.write_bytes(b"wheel")
+        return wheel
+
+    monkeypatch.setattr(portable_llama, "_build", slow_build)
+    got: list[Path] = []
+    threads = [threading.Thread(target=lambda: got.append(portable_llama.portable_wheel("0.3.36", cache=tmp_path)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert builds == ["0.3.36"] and len(got) == 2 and got[0] == got[1] and got[0].read_bytes() == b"wheel"
