@@ -73,13 +73,21 @@ def browser(tmp_path_factory):
 
 
 def wait_for(condition, timeout: float = 60):
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
 
     deadline = time.monotonic() + timeout
     while True:
         try:
             value = condition()
         except (StaleElementReferenceException, NoSuchElementException):  # the page is reloading
+            value = None
+        except WebDriverException as exc:  # Chromium's words for a node the reload just detached
+            if "does not belong to the document" not in str(exc):
+                raise
             value = None
         if value:
             return value
