@@ -1,10 +1,10 @@
 """Finished answers kept for repeated questions: technicians at one machine ask the same things.
 
 An answer is found again only for the same normalised question, the same passages (chunk ids and
-the hash of their text: an edited or re-indexed manual misses) and the same generation of the model
-(``clear`` on every model switch starts a new one, so an answer of the old model finishing after a
-switch is not kept). Only greedy answers with default options are kept: they are what the model
-would say again. Bounded, least recently used first out; thread-safe.
+the hash of their text: an edited or re-indexed manual misses) and the same model (the model slot's
+generation: after a bundle switch the old model's answers are never found again and age out).
+Only greedy answers with default options are kept: they are what the model would say again.
+Bounded, least recently used first out; thread-safe.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def normalise(question: str) -> str:
     return " ".join(_WORDS.findall(question.casefold()))
 
 
-def cache_key(question: str, passages: Iterable[tuple[int, str]], max_new_tokens: int) -> str:
-    digest = hashlib.sha256(normalise(question).encode())
+def cache_key(question: str, passages: Iterable[tuple[int, str]], max_new_tokens: int, model: int) -> str:
+    digest = hashlib.sha256(f"{model}\0{normalise(question)}".encode())
     for chunk_id, text in passages:
         digest.update(f"\0{chunk_id}\0".encode())
         digest.update(hashlib.sha256(text.encode()).digest())
@@ -45,7 +45,6 @@ class AnswerCache:
         self.max_entries = max_entries
         self._entries: OrderedDict[str, CachedAnswer] = OrderedDict()
         self._lock = threading.Lock()
-        self.generation = 0
 
     def get(self, key: str) -> CachedAnswer | None:
         with self._lock:
@@ -54,24 +53,11 @@ class AnswerCache:
                 self._entries.move_to_end(key)
             return found
 
-    def put(self, key: str, answer: CachedAnswer, generation: int) -> None:
-        """Keep an answer begun in ``generation`` (dropped if the model changed since)."""
+    def put(self, key: str, answer: CachedAnswer) -> None:
         if self.max_entries <= 0:
             return
         with self._lock:
-            if generation != self.generation:
-                return
             self._entries[key] = answer
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        """Forget every answer (a new model, new manuals); answers under way are not kept either."""
-        with self._lock:
-            self._entries.clear()
-            self.generation += 1
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)

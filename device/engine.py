@@ -199,7 +199,7 @@ class Engine:
         self.documents, self.slot, self.worker, self.cfg, self.observer = documents, slot, worker, cfg, observer
         self.embedder = embedder
         self.answers = AnswerCache(cfg.answer_cache_size)
-        """Finished answers for repeated questions; the running device clears it on a model switch."""
+        """Finished answers for repeated questions, keyed by the model slot's generation among others."""
         self.model_note = "the model is still loading"
         """Why the slot is empty, for the technician (the running device sets it)."""
 
@@ -239,19 +239,19 @@ class Engine:
                         f"{backend.context_window}-token context: ask for at most "
                         f"{backend.context_window - MIN_PROMPT_TOKENS}, or raise context_window")
                 prompt, used, timings.prompt_tokens = fit_prompt(question, result.hits, backend.count_tokens, budget)
+                model = self.slot.generation
         except NoModelError as exc:
             raise self._unavailable(result) from exc
         if not self._cacheable(opts):
             return Answering(used, timings, started, self._submit(prompt, max_new, opts, used, result.retrieval_ms))
-        key = cache_key(question, [(h.chunk_id, h.text) for h in used], max_new)
+        key = cache_key(question, [(h.chunk_id, h.text) for h in used], max_new, model)
         found = self.answers.get(key)
         self.observer.answer_cache(found is not None)
         if found is not None:
             return Answering(used, timings, started, None, replay=found)
-        generation = self.answers.generation
         job = self._submit(prompt, max_new, opts, used, result.retrieval_ms)
         return Answering(used, timings, started, job, keep=lambda answer: self.answers.put(
-            key, CachedAnswer(answer.text, answer.finish_reason, answer.timings.generated_tokens), generation))
+            key, CachedAnswer(answer.text, answer.finish_reason, answer.timings.generated_tokens)))
 
     def chat(self, messages: list[dict[str, str]], options: Options | None = None) -> Answering:
         """A chat as given, without retrieval (the OpenAI API's -norag model)."""

@@ -84,7 +84,6 @@ class DeviceService:
                 if self.engine.embedder is None:
                     self.engine.embedder = OnnxEmbedder(self.bundle.embedder_dir, threads=self.cfg.thread_count)
                 self.slot.replace(load_backend(self.bundle, self.cfg, self.backend_name))
-                self.engine.answers.clear()
                 self.state, self.error = "ready", ""
                 self.observer.model_ready(True)
                 log.info("model %s loaded (%s)", self.model_id, self.slot.backend.name if self.slot.backend else "-")
@@ -131,7 +130,6 @@ class DeviceService:
                 embedder, backend = load_checked(bundle, self.cfg, self.backend_name)
             self.bundle, self.engine.embedder = bundle, embedder
             self.slot.replace(backend)  # side by side: the old model closes after the answer that holds it
-            self.engine.answers.clear()  # the new model's answers, not the old one's
             self.state, self.error = "ready", ""
             self.observer.model_ready(True)
             self.last_plan = memplan
@@ -158,7 +156,6 @@ class DeviceService:
         except Exception:
             try:
                 self.slot.replace(load_backend(old, self.cfg, self.backend_name))
-                self.engine.answers.clear()
                 self.state = "ready"
             except Exception as exc:  # the old one does not load either: passages only, the admin sees why
                 self.state, self.error = "degraded", f"{type(exc).__name__}: {exc}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import platform
 import shutil
@@ -142,8 +143,6 @@ def write_tar(root: Path, out: Path) -> Path:
 
 def read_manifest(tar_path: Path) -> dict:
     """The manifest of a built appliance tar (for reports and tests)."""
-    import json
-
     with tarfile.open(tar_path) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith("/" + MANIFEST))
         fh = tar.extractfile(member)

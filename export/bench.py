@@ -336,10 +336,10 @@ def pull_peak(state: Path, bundle_file: Path, scratch: Path, threads: int) -> fl
     proc, _ = start_server(["--state", str(state)], "gguf", threads)
     try:
         (state / "push.token").write_bytes((scratch / "push.token").read_bytes())
-        pull = subprocess.Popen([sys.executable, "-m", "phibox.device.cli", "pull",
-                                 f"http://127.0.0.1:{files.server_address[1]}/", "--channel", "bench", "--state",
-                                 str(state), "--through-server"], stdout=(scratch / "pull.out").open("wb"),
-                                stderr=(scratch / "pull.err").open("wb"))
+        with (scratch / "pull.out").open("wb") as out, (scratch / "pull.err").open("wb") as err:
+            pull = subprocess.Popen([sys.executable, "-m", "phibox.device.cli", "pull",
+                                     f"http://127.0.0.1:{files.server_address[1]}/", "--channel", "bench", "--state",
+                                     str(state), "--through-server"], stdout=out, stderr=err)
         # VmHWM of the pull's own (exec'd) address space. Not wait4's ru_maxrss: a child's maxrss
         # starts from its parent's high-water mark at fork (here the bench's, a model loaded before).
         peak = 0.0

@@ -56,10 +56,10 @@ def loaded_variant() -> str | None:
     return None
 
 
-def ensure_cpu_backend(lib_dir: Path | None = None) -> CpuBackend:
+def ensure_cpu_backend() -> CpuBackend:
     """Load the best CPU variant once per process (later calls find it mapped); call before the
     first model is created."""
-    lib = lib_dir or llama_lib_dir()
+    lib = llama_lib_dir()
     if not any(lib.glob(VARIANT_PREFIX + "*.so")):
         return CpuBackend(portable=False, variant="native")
     variant = loaded_variant()

@@ -36,6 +36,8 @@ class ModelSlot:
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
         self._entry: _Entry | None = None
+        self.generation = 0
+        """Counts the models put in the slot: answers of one model are told from another's by it."""
 
     @property
     def backend(self) -> Backend | None:
@@ -68,6 +70,7 @@ class ModelSlot:
         """Put backend in the slot (None empties it); the old model closes after its last user."""
         with self._lock:
             old, self._entry = self._entry, (None if backend is None else _Entry(backend))
+            self.generation += 1
             close_now = old is not None and self._retire(old)
             self._released.notify_all()  # jobs waiting for a model
         if close_now:

@@ -36,8 +36,6 @@ class GenStats:
     text: str
     finish_reason: str
     """stop (end of turn or a stop string) or length (max_new_tokens reached)."""
-    pieces: int
-    """Streamed text pieces (tokens with text; a token inside a multi-byte character has none)."""
     tokens: int
     """Tokens the model generated for the answer (the end-of-turn token not counted)."""
     first_token_s: float | None
@@ -135,7 +133,7 @@ class GenerationWorker:
         started = time.monotonic()
         wait = started - job.submitted
         self.observer.queue_wait(wait)
-        text, pieces, tokens, first = "", 0, 0, None
+        text, tokens, first = "", 0, None
         finish = "length"
         for piece in backend.generate(job.prompt, job.max_new_tokens, job.temperature, job.cancel,
                                       reuse_prefix=job.reuse_prefix, logit_bias=job.logit_bias,
@@ -154,12 +152,10 @@ class GenerationWorker:
             if cut >= 0:
                 piece, finish = candidate[:cut][len(text):], "stop"
                 if piece:
-                    pieces += 1
                     job.events.put(("token", piece))
                 text = candidate[:cut]
                 break
             text = candidate
-            pieces += 1
             job.events.put(("token", piece))
         else:
             finish = "length" if tokens >= job.max_new_tokens else "stop"
@@ -170,4 +166,4 @@ class GenerationWorker:
             self.observer.decode_rate(rate)
         if job.cancel.is_set():
             finish = "cancelled"
-        job.events.put(("done", GenStats(text, finish, pieces, tokens, first, rate, wait)))
+        job.events.put(("done", GenStats(text, finish, tokens, first, rate, wait)))
