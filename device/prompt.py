@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import groupby
 from dataclasses import dataclass
 
 SYSTEM_RULES = (
@@ -53,22 +54,46 @@ class Passage:
     page: int | None = None
     """1-based page number for PDFs; None otherwise."""
 
-    def label(self) -> str:
-        """The source line shown after the passage number: source, heading and page."""
-        parts = [self.source]
-        if self.heading:
-            parts.append(self.heading)
-        if self.page is not None:
-            parts.append(f"page {self.page}")
-        return " — ".join(parts)
+
+def heading_path(heading: str) -> list[str]:
+    """A heading's parts: "Press > Faults > E42" is ["Press", "Faults", "E42"]."""
+    return [part.strip() for part in heading.split(">") if part.strip()]
+
+
+def _shared_start(paths: Sequence[list[str]]) -> list[str]:
+    shared: list[str] = []
+    for parts in zip(*paths):
+        if any(part != parts[0] for part in parts):
+            break
+        shared.append(parts[0])
+    return shared
+
+
+def _place(parts: Sequence[str], page: int | None) -> str:
+    where = " > ".join(parts)
+    if page is not None:
+        where = f"{where}, page {page}" if where else f"page {page}"
+    return where
 
 
 def format_passages(passages: Sequence[Passage]) -> str:
-    """Number the passages [1]..[k], each with its source line, separated by blank lines."""
+    """Number the passages [1]..[k] in the order given. Consecutive passages of one source share a
+    line naming it and the heading path they have in common; each passage's own line keeps the rest
+    (and its page), so no source or heading is written twice. Blank lines separate passages."""
     if not passages:
         return NO_PASSAGES
-    blocks = [f"[{n}] {p.label()}\n{p.text.strip()}" for n, p in enumerate(passages, start=1)]
-    return "\n\n".join(blocks)
+    groups, n = [], 0
+    for source, group in groupby(passages, key=lambda p: p.source):
+        run = list(group)
+        paths = [heading_path(p.heading) for p in run]
+        shared = _shared_start(paths) if len(run) > 1 else []
+        items = []
+        for passage, path in zip(run, paths, strict=True):
+            n += 1
+            where = _place(path[len(shared):], passage.page)
+            items.append(f"[{n}] {where}".rstrip() + f"\n{passage.text.strip()}")
+        groups.append(f"From {_place([source, *shared], None)}:\n" + "\n\n".join(items))
+    return "\n\n".join(groups)
 
 
 def user_message(question: str, passages: Sequence[Passage]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from phibox.device.prompt import Passage, build_messages, build_prompt, render_chat
+from phibox.device.prompt import Passage, build_messages, build_prompt, render_chat, user_message
 
 PASSAGES = [
     Passage(source="press-manual.pdf", heading="Faults > E42", page=12,
@@ -20,10 +20,12 @@ EXPECTED = (
     "answer short and practical.<|end|>\n"
     "<|user|>\n"
     "Passages:\n"
-    "[1] press-manual.pdf — Faults > E42 — page 12\n"
+    "From press-manual.pdf:\n"
+    "[1] Faults > E42, page 12\n"
     "E42 means low hydraulic pressure. Check the oil level and the relief valve.\n"
     "\n"
-    "[2] compressor.md\n"
+    "From compressor.md:\n"
+    "[2]\n"
     "Drain the condensate daily.\n"
     "\n"
     "Question: The press shows E42, what do I check?<|end|>\n"
@@ -33,6 +35,18 @@ EXPECTED = (
 
 def test_prompt_text_is_pinned() -> None:
     assert build_prompt("  The press shows E42, what do I check? ", PASSAGES) == EXPECTED
+
+
+def test_a_documents_name_and_shared_headings_are_written_once() -> None:
+    passages = [Passage("press.md", "E42: check the oil level.", "Press HP-200 > Faults > E42"),
+                Passage("press.md", "E55: clean the cooler.", "Press HP-200 > Faults > E55"),
+                Passage("conveyor.md", "Bolts M10: 45 Nm.", "Conveyor CV-1 > Motor mount", 3)]
+    block = user_message("What do I check?", passages)
+    assert block == ("Passages:\nFrom press.md > Press HP-200 > Faults:\n[1] E42\nE42: check the oil level.\n\n"
+                     "[2] E55\nE55: clean the cooler.\n\n"
+                     "From conveyor.md:\n[3] Conveyor CV-1 > Motor mount, page 3\nBolts M10: 45 Nm.\n\n"
+                     "Question: What do I check?")
+    assert block.count("press.md") == 1 and block.count("Faults") == 1
 
 
 def test_no_passages_says_so_instead_of_leaving_a_gap() -> None:
@@ -73,4 +87,4 @@ def test_prompt_token_ids_round_trip(hf_tokenizer) -> None:
     assert ids[-1] == hf_tokenizer.convert_tokens_to_ids("<|assistant|>")
     text = hf_tokenizer.decode(ids, skip_special_tokens=True)
     assert "Question: The press shows E42, what do I check?" in text
-    assert "[1] press-manual.pdf — Faults > E42 — page 12" in text
+    assert "From press-manual.pdf:\n[1] Faults > E42, page 12" in text

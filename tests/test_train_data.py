@@ -26,7 +26,7 @@ def test_three_formats_are_detected_per_line(tmp_path: Path) -> None:
     assert [e.kind for e in data.examples] == ["messages", "qa", "rag"]
     rag = data.examples[2]
     assert rag.messages[0] == {"role": "system", "content": SYSTEM_RULES}
-    assert "[1] press.md\nE42: oil low." in rag.messages[1]["content"]
+    assert "From press.md:\n[1]\nE42: oil low." in rag.messages[1]["content"]
     assert rag.messages[1]["content"].endswith("Question: E42?")
     assert len(data.sha256) == 64
 

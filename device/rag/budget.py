@@ -57,20 +57,38 @@ def trim_passage(text: str, question: str, max_tokens: int, count: Callable[[str
     return " ".join(sentences[j] for j in sorted(chosen))
 
 
+def rank_shares(room: int, n: int) -> list[int]:
+    """Tokens each of n ranked passages may keep: the best-ranked passage, the likeliest to hold the
+    answer, gets the most (weights 1, 1/2^1.5, 1/3^1.5, ...), none less than 32."""
+    weights = [1 / rank**1.5 for rank in range(1, n + 1)]
+    return [max(32, int(room * w / sum(weights))) for w in weights]
+
+
+def by_source(hits: Sequence[Hit]) -> list[Hit]:
+    """Hits of one document side by side (the prompt names each document once), documents in the
+    order of their best-ranked hit, each document's hits in rank order."""
+    first: dict[str, int] = {}
+    for rank, hit in enumerate(hits):
+        first.setdefault(hit.source, rank)
+    return sorted(hits, key=lambda h: first[h.source])
+
+
 def fit_prompt(question: str, hits: Sequence[Hit], count: Callable[[str], int], budget: int
                ) -> tuple[str, list[Hit], int]:
     """The prompt within budget model tokens: duplicates dropped, passages trimmed to their relevant
-    part, then the lowest-ranked passages dropped one by one. Never cuts inside a token."""
+    part, then the lowest-ranked passages dropped one by one. Never cuts inside a token. Returns the
+    prompt, the hits it holds in their prompt order (passage [n] is hit n-1) and its token count."""
     base = count(build_prompt(question, []))
     if base > budget:
         raise QuestionTooLongError(f"the question takes {base} of the {budget} prompt tokens: ask it more briefly")
-    kept = dedupe(hits)
-    share = max(32, (budget - base) // max(1, len(kept)))
-    passages = [Passage(h.source, trim_passage(h.text, question, share, count), h.heading, h.page)
-                for h in kept]
+    ranked = dedupe(hits)
+    shares = rank_shares(budget - base, len(ranked))
+    trimmed = {h.chunk_id: Passage(h.source, trim_passage(h.text, question, share, count), h.heading, h.page)
+               for h, share in zip(ranked, shares, strict=True)}
     while True:
-        prompt = build_prompt(question, passages)
+        used = by_source(ranked)
+        prompt = build_prompt(question, [trimmed[h.chunk_id] for h in used])
         n = count(prompt)
-        if n <= budget or not passages:
-            return prompt, kept[: len(passages)], n
-        passages.pop()
+        if n <= budget or not ranked:
+            return prompt, used, n
+        ranked.pop()
