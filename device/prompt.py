@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from itertools import groupby
 from dataclasses import dataclass
+from itertools import groupby
 
 SYSTEM_RULES = (
     "You are the maintenance assistant of this plant. Answer the technician's question using only "
@@ -62,7 +62,7 @@ def heading_path(heading: str) -> list[str]:
 
 def _shared_start(paths: Sequence[list[str]]) -> list[str]:
     shared: list[str] = []
-    for parts in zip(*paths):
+    for parts in zip(*paths, strict=False):  # the shortest path bounds it
         if any(part != parts[0] for part in parts):
             break
         shared.append(parts[0])

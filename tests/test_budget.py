@@ -39,7 +39,7 @@ def test_a_tight_budget_drops_the_lowest_ranked_passage_not_the_last_printed() -
     hits = [hit(1, "press.md", "E42 means low oil. " * 5), hit(2, "conveyor.md", "Bolts: 45 Nm. " * 5),
             hit(3, "press.md", "E55 means hot oil. " * 5)]
     full = fit_prompt("What is E42?", hits, words, 400)[2]
-    prompt, used, n = fit_prompt("What is E42?", hits, words, full - 5)
+    _, used, n = fit_prompt("What is E42?", hits, words, full - 5)
     assert n <= full - 5 and [h.chunk_id for h in used] == [1, 2]
 
 
