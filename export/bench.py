@@ -7,7 +7,8 @@ phibox's code, counting the same units:
   plain ``llama_cpp.Llama`` token loop / onnxruntime-genai's generator loop on the same file;
 - time to first token of a RAG question, seen by the client: server reusing the system-prompt
   prefix vs a server told not to (``[engine] reuse_prefix = false``);
-- retrieval: sqlite-vec KNN (the index the device queries) vs exact numpy, with recall@10;
+- retrieval: the device's vector search vs exact numpy over real embeddings, with recall@10
+  (bench_retrieval.py);
 - ingestion: the device's ONNX embedder vs sentence-transformers on torch, same passages;
 - the server's peak RSS vs the model file.
 """
@@ -19,10 +20,8 @@ import json
 import os
 import socket
 import statistics
-import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -184,50 +183,35 @@ def ttft(where: list[str], model: str, threads: int, runs: int, scratch: Path) -
     return medians[0], medians[1]
 
 
-def _vec_connection(path: Path) -> Any:
-    """A SQLite connection with sqlite-vec loaded: the standard library's if it can load extensions,
-    else sqlean's (as the device does)."""
-    import sqlite3
+def prompt_evidence(db: Path, bundle: Path, qa: Path, budget: int, threads: int) -> dict[str, float]:
+    """Over a Q&A file's questions, as the device fits them: the median RAG prompt's tokens (the
+    model's own tokenizer) and the share of the answers' key terms (words with a digit, words of 7+
+    letters) that the prompt holds: evidence kept for the tokens spent."""
+    import re
 
-    import sqlite_vec
+    from llama_cpp import Llama
 
-    conn = sqlite3.connect(path)
-    if not hasattr(conn, "enable_load_extension"):
-        import sqlean
+    from phibox.device.config import EngineConfig
+    from phibox.device.rag.budget import fit_prompt
+    from phibox.device.rag.embedder import OnnxEmbedder
+    from phibox.device.rag.retrieve import search
+    from phibox.device.rag.store import DocumentStore
 
-        conn = sqlean.connect(str(path))
-    conn.enable_load_extension(True)
-    sqlite_vec.load(conn)
-    return conn
-
-
-def retrieval(n: int, dim: int = 384, queries: int = 50, k: int = 10) -> dict[str, float]:
-    """sqlite-vec KNN (the device's vector index) vs exact numpy on the same random unit vectors."""
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((n, dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        conn = _vec_connection(Path(tmp) / "bench.db")
-        conn.execute(f"CREATE VIRTUAL TABLE v USING vec0(embedding float[{dim}])")
-        conn.executemany("INSERT INTO v(rowid, embedding) VALUES (?, ?)",
-                         ((i, struct.pack(f"{dim}f", *vec)) for i, vec in enumerate(vectors)))
-        conn.commit()
-        q = rng.standard_normal((queries, dim)).astype(np.float32)
-        q /= np.linalg.norm(q, axis=1, keepdims=True)
-        sq, sn, recalls = [], [], []
-        for query in q:
-            t = time.perf_counter()
-            got = [r[0] for r in conn.execute("SELECT rowid FROM v WHERE embedding MATCH ? AND k = ? ORDER BY distance",
-                                              (struct.pack(f"{dim}f", *query), k))]
-            sq.append((time.perf_counter() - t) * 1000)
-            t = time.perf_counter()
-            exact = np.argpartition(-(vectors @ query), k)[:k]
-            sn.append((time.perf_counter() - t) * 1000)
-            recalls.append(len(set(got) & set(exact.tolist())) / k)
-        conn.close()
-    return {"vec_p50_ms": float(np.percentile(sq, 50)), "vec_p95_ms": float(np.percentile(sq, 95)),
-            "numpy_p50_ms": float(np.percentile(sn, 50)), "numpy_p95_ms": float(np.percentile(sn, 95)),
-            "recall_at_10": float(np.mean(recalls))}
+    vocab = Llama(str(next((bundle / "model").glob("*.gguf"))), vocab_only=True, verbose=False)
+    count = lambda text: len(vocab.tokenize(text.encode(), add_bos=False, special=True))  # noqa: E731
+    store, embedder = DocumentStore.open(db, readonly=True), OnnxEmbedder(bundle / "embedder", threads)
+    tokens, kept = [], []
+    for line in qa.read_text().splitlines():
+        pair = json.loads(line)
+        prompt, _, n = fit_prompt(pair["question"], search(store, embedder, pair["question"], EngineConfig()).hits,
+                                  count, budget)
+        answer = re.sub(r"\[\d+\]", "", pair["answer"])
+        terms = {w.lower() for w in re.findall(r"[\w\-./]+", answer) if any(c.isdigit() for c in w) or len(w) > 6}
+        tokens.append(n)
+        if terms:
+            kept.append(sum(term in prompt.lower() for term in terms) / len(terms))
+    store.close()
+    return {"median_tokens": float(statistics.median(tokens)), "key_terms_kept": float(np.mean(kept))}
 
 
 def ingestion(embedder_dir: Path, source_dir: Path, manuals: Path, threads: int, n: int = 1000) -> dict[str, float]:

@@ -93,28 +93,35 @@ def _run(merged: Path, key, out_path: Path, cfg: ExportConfig, staging: Path,
 
 def run_parity(merged: Path, gguf: Path | None, onnx_dir: Path | None, cfg: ExportConfig,
                report_path: Path) -> dict[str, parity.FormatResult]:
+    """The gate, one model in memory at a time: the merged model's logits and continuations first
+    (then it is freed), then each format's. Peak: the merged checkpoint in its own dtype."""
     from phibox.export.runners import HFRunner, LlamaCppRunner, OnnxGenaiRunner, Runner
 
     prompts = parity.load_prompts(cfg.parity_prompts)
     reference = HFRunner(merged)
-    runners: dict[str, Runner] = {}
-    if gguf is not None:
-        runners["gguf"] = LlamaCppRunner(gguf)
-    if onnx_dir is not None:
-        runners["onnx"] = OnnxGenaiRunner(onnx_dir)
     try:
-        results = parity.run_gate(prompts, reference.tokenize, reference.logits,
-                                  {name: r.logits for name, r in runners.items()}, cfg.thresholds)
-        for prompt in prompts:
-            ids = reference.tokenize(prompt)
-            merged_text = reference.continue_greedy(ids, cfg.continuation_tokens)
-            for name, runner in runners.items():
-                results[name].continuations.append({
-                    "prompt_tail": prompt[-80:], "merged": merged_text,
-                    name: runner.continue_greedy(ids, cfg.continuation_tokens),
-                })
+        ids = {prompt: reference.tokenize(prompt) for prompt in prompts}
+        ref_logits = {tuple(i): reference.logits(i) for i in ids.values()}
+        merged_texts = {prompt: reference.continue_greedy(i, cfg.continuation_tokens) for prompt, i in ids.items()}
     finally:
-        for runner in runners.values():
+        reference.close()
+    openers: dict[str, Callable[[], Runner]] = {}
+    if gguf is not None:
+        openers["gguf"] = lambda: LlamaCppRunner(gguf)
+    if onnx_dir is not None:
+        openers["onnx"] = lambda: OnnxGenaiRunner(onnx_dir)
+    results: dict[str, parity.FormatResult] = {}
+    for name, open_runner in openers.items():
+        runner = open_runner()
+        try:
+            results.update(parity.run_gate(prompts, ids.__getitem__, lambda i: ref_logits[tuple(i)],
+                                           {name: runner.logits}, cfg.thresholds))
+            for prompt in prompts:
+                results[name].continuations.append({
+                    "prompt_tail": prompt[-80:], "merged": merged_texts[prompt],
+                    name: runner.continue_greedy(ids[prompt], cfg.continuation_tokens),
+                })
+        finally:
             runner.close()
     parity.write_report(report_path, results, cfg.thresholds, prompts)
     return results

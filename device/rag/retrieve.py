@@ -14,7 +14,7 @@ from typing import Any
 
 from phibox.device.config import EngineConfig
 from phibox.device.rag.embedder import OnnxEmbedder
-from phibox.device.rag.store import DocumentStore, pack
+from phibox.device.rag.store import DocumentStore
 
 _WORD = re.compile(r"[\w][\w\-./]*", re.UNICODE)
 STOPWORDS = frozenset(
@@ -76,9 +76,7 @@ def _search(store: DocumentStore, embedder: OnnxEmbedder | None, question: str, 
             raise ValueError("hybrid search needs an embedder")
         store.check_embedder(embedder.spec)
         vector = embedder.embed([question])[0]
-        vec_rows = conn.execute(
-            f"SELECT rowid, distance FROM {store.vec_table()} WHERE embedding MATCH ? AND k = ? ORDER BY distance",
-            (pack(vector), cfg.candidates)).fetchall()
+        vec_rows = store.nearest(vector, cfg.candidates)
     query = fts_query(question)
     fts_rows = conn.execute(
         "SELECT rowid, bm25(chunk_fts) AS score FROM chunk_fts WHERE chunk_fts MATCH ? ORDER BY score LIMIT ?",

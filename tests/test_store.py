@@ -1,0 +1,89 @@
+"""The vector index: the bit scan with exact re-ranking finds what an exact search finds, and indexes
+written before the bits existed keep working, read-only and after their migration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from phibox.device.rag import db
+from phibox.device.rag.embedder import EmbedderSpec
+from phibox.device.rag.store import ChunkRow, DocumentStore, _m1_initial, pack
+
+
+def clustered(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n unit vectors around 40 topics (as manuals' passages are), and 30 questions near the topics."""
+    rng = np.random.default_rng(seed)
+    topics = rng.standard_normal((40, dim))
+    chunks = topics[rng.integers(0, 40, n)] + 0.6 * rng.standard_normal((n, dim))
+    questions = topics[rng.integers(0, 40, 30)] + 0.6 * rng.standard_normal((30, dim))
+    unit = lambda v: (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    return unit(chunks), unit(questions)
+
+
+def store_with(path: Path, vectors: np.ndarray) -> DocumentStore:
+    store = DocumentStore.open(path)
+    store.bind_embedder(EmbedderSpec("test-embedder", vectors.shape[1], 128))
+    for start in range(0, len(vectors), 100):
+        part = vectors[start : start + 100]
+        store.replace_document(f"/m/{start}.md", f"{start}.md", "t", "-", "-",
+                               [ChunkRow("", None, f"chunk {start + i}", 3) for i in range(len(part))], part)
+    return store
+
+
+def exact(vectors: np.ndarray, question: np.ndarray, k: int) -> list[int]:
+    return [int(i) + 1 for i in np.argsort(-(vectors @ question))[:k]]  # chunk ids count from 1
+
+
+def test_nearest_finds_what_an_exact_search_finds(tmp_path: Path) -> None:
+    vectors, questions = clustered(3000, 64)
+    store = store_with(tmp_path / "d.db", vectors)
+    found = [[cid for cid, _ in store.nearest(q, 10)] for q in questions]
+    recall = np.mean([len(set(f) & set(exact(vectors, q, 10))) / 10 for f, q in zip(found, questions, strict=True)])
+    assert recall >= 0.98, recall
+    for (cid, distance), want in zip(store.nearest(questions[0], 10), exact(vectors, questions[0], 10), strict=False):
+        assert abs(distance - float(np.linalg.norm(vectors[cid - 1] - questions[0]))) < 1e-4
+    assert [d for _, d in store.nearest(questions[0], 10)] == sorted(d for _, d in store.nearest(questions[0], 10))
+
+
+def test_a_dimension_the_bits_cannot_hold_is_searched_exactly(tmp_path: Path) -> None:
+    vectors, questions = clustered(300, 12)
+    store = store_with(tmp_path / "d.db", vectors)
+    assert [cid for cid, _ in store.nearest(questions[0], 5)] == exact(vectors, questions[0], 5)
+
+
+def old_index(path: Path, vectors: np.ndarray) -> None:
+    """A documents database as phibox wrote it before the bits (schema 1: float vectors only)."""
+    conn = db.connect(path)
+    conn.isolation_level = None
+    _m1_initial(conn)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(f"CREATE VIRTUAL TABLE chunk_vec USING vec0(embedding float[{vectors.shape[1]}])")
+    conn.execute("INSERT INTO meta VALUES ('embedder_id', 'test-embedder'), ('embedder_dim', ?), "
+                 "('vec_table', 'chunk_vec')", (str(vectors.shape[1]),))
+    conn.execute("INSERT INTO documents VALUES (1, '/m/a.md', 'a.md', 'a', '-', ?, '-')", (len(vectors),))
+    for i, v in enumerate(vectors, start=1):
+        conn.execute("INSERT INTO chunks VALUES (?, 1, ?, '', NULL, ?, 3)", (i, i, f"chunk {i}"))
+        conn.execute("INSERT INTO chunk_fts(rowid, text, heading) VALUES (?, ?, '')", (i, f"chunk {i}"))
+        conn.execute("INSERT INTO chunk_vec(rowid, embedding) VALUES (?, ?)", (i, pack(v)))
+    conn.close()
+
+
+def test_an_index_from_before_the_bits_is_searched_read_only_and_migrated_on_write(tmp_path: Path) -> None:
+    vectors, questions = clustered(500, 32)
+    path = tmp_path / "old.db"
+    old_index(path, vectors)
+    want = exact(vectors, questions[0], 10)
+
+    reader = DocumentStore.open(path, readonly=True)  # a kiosk that has not written since the upgrade
+    assert [cid for cid, _ in reader.nearest(questions[0], 10)] == want
+    reader.close()
+
+    writer = DocumentStore.open(path)  # the first write migrates: every vector kept, bits added
+    assert writer.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert writer.vec_table() != "chunk_vec" and writer.counts()["vectors"] == 500
+    assert "chunk_vec" not in {r[0] for r in writer.conn.execute("SELECT name FROM sqlite_master")}
+    assert [cid for cid, _ in writer.nearest(questions[0], 10)] == want
+    assert writer.conn.execute(f"SELECT count(*) FROM {writer.vec_table()} WHERE coarse IS NOT NULL").fetchone()[0]
+    writer.close()
