@@ -183,35 +183,41 @@ def ttft(where: list[str], model: str, threads: int, runs: int, scratch: Path) -
     return medians[0], medians[1]
 
 
-def prompt_evidence(db: Path, bundle: Path, qa: Path, budget: int, threads: int) -> dict[str, float]:
-    """Over a Q&A file's questions, as the device fits them: the median RAG prompt's tokens (the
-    model's own tokenizer) and the share of the answers' key terms (words with a digit, words of 7+
-    letters) that the prompt holds: evidence kept for the tokens spent."""
-    import re
+_EVIDENCE_SIDE = """
+import json, re, statistics, sys
+from pathlib import Path
+from llama_cpp import Llama
+from phibox.device.config import EngineConfig
+from phibox.device.rag.budget import fit_prompt
+from phibox.device.rag.embedder import OnnxEmbedder
+from phibox.device.rag.retrieve import search
+from phibox.device.rag.store import DocumentStore
 
-    from llama_cpp import Llama
+db, bundle, qa, budget = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+vocab = Llama(str(next((bundle / "model").glob("*.gguf"))), vocab_only=True, verbose=False)
+count = lambda text: len(vocab.tokenize(text.encode(), add_bos=False, special=True))
+store, embedder = DocumentStore.open(db, readonly=True), OnnxEmbedder(bundle / "embedder")
+tokens, kept = [], []
+for line in qa.read_text().splitlines():
+    pair = json.loads(line)
+    hits = search(store, embedder, pair["question"], EngineConfig()).hits
+    prompt, _, n = fit_prompt(pair["question"], hits, count, budget)
+    answer = re.sub(r"\\[\\d+\\]", "", pair["answer"])
+    terms = {w.lower() for w in re.findall(r"[\\w\\-./]+", answer) if any(c.isdigit() for c in w) or len(w) > 6}
+    tokens.append(n)
+    if terms:
+        kept.append(sum(term in prompt.lower() for term in terms) / len(terms))
+print(json.dumps({"median_tokens": statistics.median(tokens), "key_terms_kept": statistics.mean(kept)}))
+"""
 
-    from phibox.device.config import EngineConfig
-    from phibox.device.rag.budget import fit_prompt
-    from phibox.device.rag.embedder import OnnxEmbedder
-    from phibox.device.rag.retrieve import search
-    from phibox.device.rag.store import DocumentStore
 
-    vocab = Llama(str(next((bundle / "model").glob("*.gguf"))), vocab_only=True, verbose=False)
-    count = lambda text: len(vocab.tokenize(text.encode(), add_bos=False, special=True))  # noqa: E731
-    store, embedder = DocumentStore.open(db, readonly=True), OnnxEmbedder(bundle / "embedder", threads)
-    tokens, kept = [], []
-    for line in qa.read_text().splitlines():
-        pair = json.loads(line)
-        prompt, _, n = fit_prompt(pair["question"], search(store, embedder, pair["question"], EngineConfig()).hits,
-                                  count, budget)
-        answer = re.sub(r"\[\d+\]", "", pair["answer"])
-        terms = {w.lower() for w in re.findall(r"[\w\-./]+", answer) if any(c.isdigit() for c in w) or len(w) > 6}
-        tokens.append(n)
-        if terms:
-            kept.append(sum(term in prompt.lower() for term in terms) / len(terms))
-    store.close()
-    return {"median_tokens": float(statistics.median(tokens)), "key_terms_kept": float(np.mean(kept))}
+def prompt_evidence(db: Path, bundle: Path, qa: Path, budget: int) -> dict[str, float]:
+    """Over a Q&A file's questions, as the device fits them (its own code, in a process of its own):
+    the median RAG prompt's tokens (the model's own tokenizer) and the share of the answers' key
+    terms (words with a digit, words of 7+ letters) the prompt holds: evidence kept per token spent."""
+    out = subprocess.run([sys.executable, "-c", _EVIDENCE_SIDE, str(db), str(bundle), str(qa), str(budget)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def ingestion(embedder_dir: Path, source_dir: Path, manuals: Path, threads: int, n: int = 1000) -> dict[str, float]:

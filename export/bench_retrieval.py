@@ -2,8 +2,8 @@
 
 Random vectors are the wrong test for an index: their nearest neighbours are barely nearer than the
 rest, which no real question meets. The corpus here is real English technical text embedded by the
-bundle's own embedder: sentences of the docstrings of the Python this runs on (its standard library
-and installed packages), in a fixed order. Questions are held-out sentences of the same corpus.
+bundle's own embedder: sentences of the docstrings of the packages installed beside phibox (pinned by
+constraints.txt), in a fixed order. Questions are held-out sentences of the same corpus.
 Embedding 100k sentences takes minutes on 2 cores, so the vectors are built once and cached.
 """
 
@@ -18,43 +18,41 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 CORPUS_VERSION = 1
+CORPUS_CHUNKS = 100_000
+"""The corpus's size; a smaller benchmark takes its first n chunks (one cache, one embedding run)."""
+QUESTIONS = 50
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
-def _source_files() -> Iterator[Path]:
-    roots = [Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"])]
-    for root in roots:
-        yield from sorted(p for p in root.rglob("*.py") if root == roots[1] or "site-packages" not in p.parts)
-
-
-def docstring_sentences(n: int) -> list[str]:
-    """The first n distinct docstring sentences (40 to 300 characters) of this Python's files."""
+def docstring_sentences(n: int, pool: int) -> list[str]:
+    """n distinct docstring sentences (40 to 300 characters) of the installed packages: files read in
+    name order until pool are found, then a hash-ordered sample of n (so no one package dominates)."""
     found: dict[str, None] = {}
-    for path in _source_files():
+    for path in sorted(Path(sysconfig.get_paths()["purelib"]).rglob("*.py")):
+        if len(found) >= pool:
+            break
         try:
             tree = ast.parse(path.read_text(errors="ignore"))
-        except (SyntaxError, ValueError, OSError):
+        except Exception:
             continue
         for node in ast.walk(tree):
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 for sentence in _SENTENCE.split(" ".join((ast.get_docstring(node) or "").split())):
                     if 40 <= len(sentence) <= 300 and sentence[0].isalpha():
                         found[sentence] = None
-        if len(found) >= n:
-            break
     if len(found) < n:
         raise RuntimeError(f"only {len(found)} docstring sentences found, {n} needed")
     return sorted(found, key=lambda s: hashlib.sha1(s.encode()).digest())[:n]
 
 
-def corpus(embedder_dir: Path, n: int, queries: int, threads: int) -> tuple[list[str], np.ndarray]:
-    """(sentences, unit vectors) for n chunks plus `queries` held-out questions, cached by embedder."""
+def corpus(embedder_dir: Path, threads: int, n: int = CORPUS_CHUNKS, queries: int = QUESTIONS
+           ) -> tuple[list[str], np.ndarray]:
+    """(sentences, unit vectors) for n chunks, then `queries` held-out questions, cached by embedder."""
     from tqdm.auto import tqdm
 
     from phibox.device.paths import cache_root
@@ -65,7 +63,7 @@ def corpus(embedder_dir: Path, n: int, queries: int, threads: int) -> tuple[list
     if (folder / "vectors.npy").is_file():
         return json.loads((folder / "sentences.json").read_text()), np.load(folder / "vectors.npy")
     print(f"building the retrieval corpus: {n + queries} docstring sentences, embedded once ...", flush=True)
-    sentences = docstring_sentences(n + queries)
+    sentences = docstring_sentences(n + queries, pool=n * 3 // 2)
     embedder = OnnxEmbedder(embedder_dir, threads)
     vectors = np.zeros((len(sentences), embedder.spec.dim), dtype=np.float32)
     with tqdm(total=len(sentences), unit="chunk", desc="embed", dynamic_ncols=True) as bar:
@@ -80,22 +78,28 @@ def corpus(embedder_dir: Path, n: int, queries: int, threads: int) -> tuple[list
     return sentences, vectors
 
 
-def build_store(path: Path, embedder_dir: Path, sentences: list[str], vectors: np.ndarray) -> None:
-    """A documents database as ingestion writes it: 100 chunks a document, vectors and FTS rows."""
-    from tqdm.auto import tqdm
+_BUILD_SIDE = """
+import json, sys
+import numpy as np
+from pathlib import Path
+from tqdm.auto import tqdm
+from phibox.device.rag.embedder import EmbedderSpec
+from phibox.device.rag.store import ChunkRow, DocumentStore
 
-    from phibox.device.rag.embedder import EmbedderSpec
-    from phibox.device.rag.store import ChunkRow, DocumentStore
-
-    store = DocumentStore.open(path)
-    store.bind_embedder(EmbedderSpec.load(embedder_dir))
-    with tqdm(total=len(sentences), unit="chunk", desc="index", dynamic_ncols=True) as bar:
-        for start in range(0, len(sentences), 100):
-            part = sentences[start : start + 100]
-            store.replace_document(f"/corpus/{start:07d}.txt", f"{start:07d}.txt", f"part {start}", "-", "-",
-                                   [ChunkRow("", None, s, len(s) // 4) for s in part], vectors[start : start + 100])
-            bar.update(len(part))
-    store.close()
+db, embedder_dir = Path(sys.argv[1]), Path(sys.argv[2])
+sentences, vectors = json.loads(Path(sys.argv[3]).read_text()), np.load(sys.argv[4])
+store = DocumentStore.open(db)
+store.bind_embedder(EmbedderSpec.load(embedder_dir))
+with tqdm(total=len(sentences), unit="chunk", desc="index", dynamic_ncols=True) as bar:
+    for start in range(0, len(sentences), 100):
+        part = sentences[start : start + 100]
+        store.replace_document(f"/corpus/{start:07d}.txt", f"{start:07d}.txt", f"part {start}", "-", "-",
+                               [ChunkRow("", None, s, len(s) // 4) for s in part], vectors[start : start + 100])
+        bar.update(len(part))
+store.close()
+"""
+"""A documents database as ingestion writes it (100 chunks a document, vectors and FTS rows), by the
+device's own store code, in a process of its own (export/ never imports the device's rooms)."""
 
 
 _QUERY_SIDE = """
@@ -120,15 +124,20 @@ print(json.dumps({"times": times, "found": found, "hwm_growth_mb": hwm() - befor
 """
 
 
-def measure(embedder_dir: Path, n: int, threads: int, queries: int = 50, k: int = 10) -> dict[str, float]:
+def measure(embedder_dir: Path, n: int, threads: int, k: int = 10) -> dict[str, float]:
     """The device's vector search (a fresh process with the database only, as the server holds it)
     vs exact numpy on the same vectors: latency, recall@k, and the process's resident growth."""
-    sentences, vectors = corpus(embedder_dir, n, queries, threads)
-    chunks, questions = vectors[:n], vectors[n:]
+    if not 0 < n <= CORPUS_CHUNKS:
+        raise ValueError(f"retrieval sizes go up to {CORPUS_CHUNKS} chunks, not {n}")
+    sentences, vectors = corpus(embedder_dir, threads)
+    chunks, questions = vectors[:n], vectors[CORPUS_CHUNKS:]
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "documents.db"
-        build_store(db, embedder_dir, sentences[:n], chunks)
-        np.save(Path(tmp) / "q.npy", questions)
+        db, scratch = Path(tmp) / "documents.db", Path(tmp)
+        (scratch / "s.json").write_text(json.dumps(sentences[:n]))
+        np.save(scratch / "v.npy", chunks)
+        np.save(scratch / "q.npy", questions)
+        subprocess.run([sys.executable, "-c", _BUILD_SIDE, str(db), str(embedder_dir), str(scratch / "s.json"),
+                        str(scratch / "v.npy")], check=True)
         out = subprocess.run([sys.executable, "-c", _QUERY_SIDE, str(db), str(Path(tmp) / "q.npy")],
                              capture_output=True, text=True, check=True)
     side = json.loads(out.stdout)

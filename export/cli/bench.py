@@ -83,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
             table.row("decode tokens/s, onnx: HTTP API vs raw onnxruntime-genai", api, statistics.median(raw),
                       "tokens/s")
     budget = EngineConfig().prompt_token_budget
-    small, large = (bench.prompt_evidence(state / "documents.db", bundle, DEMO / "qa.jsonl", b, args.threads)
-                    for b in (budget, 600))
+    small, large = (bench.prompt_evidence(state / "documents.db", bundle, DEMO / "qa.jsonl", b) for b in (budget, 600))
     table.row(f"RAG prompt tokens, median over the demo Q&A: budget {budget} vs 600", small["median_tokens"],
               large["median_tokens"], "tokens", f"answers' key terms kept {small['key_terms_kept']:.3f} vs "
               f"{large['key_terms_kept']:.3f}")
