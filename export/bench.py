@@ -166,21 +166,17 @@ def status_mb(pid: int, field: str = "VmHWM") -> float:
     return float("nan")
 
 
-def ttft(where: list[str], model: str, threads: int, runs: int, scratch: Path) -> tuple[float, float]:
-    """Median client-side time to first token of RAG questions: (no prefix reuse, prefix reuse)."""
-    medians = []
-    for reuse in (False, True):
-        config = scratch / f"reuse-{reuse}.toml"
-        config.write_text(f"[engine]\nreuse_prefix = {str(reuse).lower()}\n")
-        proc, port = start_server(where, "gguf", threads, config)
-        try:
-            api_first_token_ms(port, model, RAG_QUESTIONS[0])  # warm-up
-            times = [api_first_token_ms(port, model, RAG_QUESTIONS[(i + 1) % len(RAG_QUESTIONS)])
-                     for i in range(runs)]
-        finally:
-            stop_server(proc)
-        medians.append(statistics.median(times))
-    return medians[0], medians[1]
+def ttft(where: list[str], model: str, threads: int, runs: int, config: Path, engine: dict[str, str]) -> float:
+    """Median client-side time to first token of RAG questions from a server with these [engine]
+    settings (TOML values, e.g. {"reuse_prefix": "false"}), written to config."""
+    config.write_text("[engine]\n" + "".join(f"{key} = {value}\n" for key, value in engine.items()))
+    proc, port = start_server(where, "gguf", threads, config)
+    try:
+        api_first_token_ms(port, model, RAG_QUESTIONS[0])  # warm-up
+        times = [api_first_token_ms(port, model, RAG_QUESTIONS[(i + 1) % len(RAG_QUESTIONS)]) for i in range(runs)]
+    finally:
+        stop_server(proc)
+    return statistics.median(times)
 
 
 _EVIDENCE_SIDE = """
