@@ -109,3 +109,13 @@ def test_an_older_bundles_index_is_merged_with_its_vectors(tmp_path: Path) -> No
     rows = bundle.vectors_of(1)
     assert len(rows) == 50 and np.allclose(np.frombuffer(rows[3][1], dtype=np.float32), vectors[3])
     assert bundle.counts()["vectors"] == 50
+
+
+def test_an_empty_index_finds_nothing_and_then_what_is_added(tmp_path: Path) -> None:
+    store = DocumentStore.open(tmp_path / "d.db")
+    store.bind_embedder(EmbedderSpec("test-embedder", 64, 128))
+    vectors, questions = clustered(3, 64)
+    assert store.nearest(questions[0], 5) == []
+    store.replace_document("/m/a.md", "a.md", "t", "-", "-", [ChunkRow("", None, f"c{i}", 1) for i in range(3)],
+                           vectors)
+    assert sorted(cid for cid, _ in store.nearest(questions[0], 5)) == [1, 2, 3]

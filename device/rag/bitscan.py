@@ -31,7 +31,8 @@ class BitScan:
         self._ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         width = len(rows[0][1]) if rows else 1
         self._word = np.uint64 if width % 8 == 0 else np.uint8  # popcount 8 bytes at a time where it can
-        self._codes = np.frombuffer(b"".join(r[1] for r in rows), dtype=self._word).reshape(len(rows), -1)
+        words = width // np.dtype(self._word).itemsize
+        self._codes = np.frombuffer(b"".join(r[1] for r in rows), dtype=self._word).reshape(len(rows), words)
         self._key = key
 
     def candidates(self, conn: db.Connection, table: str, vector_blob: bytes, n: int) -> list[int]:
