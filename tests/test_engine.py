@@ -216,7 +216,7 @@ def test_the_memory_plan_counts_the_kv_cache_and_respects_the_budget(tiny_bundle
     assert tight.estimate_mb >= (gguf.stat().st_size + 4096 * kv_bytes_per_token(gguf)) >> 20
     mapped = plan(bundle, EngineConfig(context_window=4096, mmap=True), "gguf", budget_mb=1)
     assert mapped.estimate_mb >= (gguf.stat().st_size * 2 + 4096 * kv_bytes_per_token(gguf)) >> 20
-    assert EngineConfig().window == 1024 and EngineConfig(prompt_token_budget=1000).window == 1280
+    assert EngineConfig().window == 768 and EngineConfig(prompt_token_budget=1000).window == 1280
 
 
 @pytest.mark.parametrize("budget_mb", [1, 1 << 20])
@@ -344,18 +344,18 @@ def test_the_derived_context_trims_the_prompt_to_fit_a_long_answer_and_refuses_o
         indexed: Path, tiny_bundle_dir: Path) -> None:
     from phibox.device.runtime.backend import ContextOverflowError
 
-    cfg = EngineConfig()  # context_window 0: derived, 1024 tokens for the default budget of 600 + 256
+    cfg = EngineConfig()  # context_window 0: derived, 768 tokens for the default budget of 450 + 256
     backend = LlamaCppBackend(next((tiny_bundle_dir / "model").glob("*.gguf")), cfg.window, 1)
     with running_engine(backend, Documents(indexed), cfg, tiny_bundle_dir) as engine:
-        assert backend.llm.n_ctx() == 1024
+        assert backend.llm.n_ctx() == 768
         normal = engine.ask(QUESTION, Options(max_new_tokens=8))
         list(normal.events())
-        long = engine.ask(QUESTION, Options(max_new_tokens=900))
-        assert 0 < long.timings.prompt_tokens <= 1024 - 900 < normal.timings.prompt_tokens
+        long = engine.ask(QUESTION, Options(max_new_tokens=600))
+        assert 0 < long.timings.prompt_tokens <= 768 - 600 < normal.timings.prompt_tokens
         assert len(long.passages) < len(normal.passages)  # trimmed to fit, not overflowed
         list(long.events())
-        with pytest.raises(ContextOverflowError, match="ask for at most 960"):
-            engine.ask(QUESTION, Options(max_new_tokens=1000))
+        with pytest.raises(ContextOverflowError, match="ask for at most 704"):
+            engine.ask(QUESTION, Options(max_new_tokens=710))
 
 
 @pytest.mark.parametrize("runtime", ["gguf", "onnx"])
