@@ -3,7 +3,8 @@
 Schema changes go through ordered migrations. Vectors are tagged with the embedder that made them
 (id and dimension in ``meta``); a database is never queried with another embedder.
 
-The vectors live in a vec0 table whose name ``meta`` holds (``vec_table``: ``chunk_vec`` at first).
+The vectors live in a table pair named by ``meta`` (``vec_table``: ``chunk_vec`` at first, and
+``chunk_vec_float`` beside it).
 A new embedder's vectors are built in a new table beside the old one and switched to in the same
 transaction that drops the old table (vec0 tables cannot be renamed): a reader sees the old
 embedder's vectors or the new one's, never a mix, and a kill leaves the old ones.
@@ -278,15 +279,16 @@ class DocumentStore:
     def nearest(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         """(chunk id, L2 distance) of the k chunks nearest to a unit vector, nearest first: a Hamming
         scan of the sign bits (bitscan.py) for the candidates, ranked by their exact distance."""
-        table, blob = self.vec_table(), pack(vector)
-        if self.conn.execute("PRAGMA user_version").fetchone()[0] < 2:  # schema 1, opened read-only: floats in vec0
+        (floats_table, key), blob = self._floats(), pack(vector)
+        if key == "rowid":  # schema 1, opened read-only: sqlite-vec's exact KNN over the floats in vec0
             return [(int(r), float(d)) for r, d in self.conn.execute(
-                f"SELECT rowid, distance FROM {table} WHERE embedding MATCH ? AND k = ? ORDER BY distance", (blob, k))]
+                f"SELECT rowid, distance FROM {floats_table} WHERE embedding MATCH ? AND k = ? ORDER BY distance",
+                (blob, k))]
         if len(vector) % 8:
-            rows = self.conn.execute(f"SELECT id, embedding FROM {table}_float").fetchall()
+            rows = self.conn.execute(f"SELECT id, embedding FROM {floats_table}").fetchall()
         else:
-            candidates = self.bits.candidates(self.conn, table, blob, max(MIN_CANDIDATES, k * OVERSAMPLE))
-            rows = self.conn.execute(f"SELECT id, embedding FROM {table}_float WHERE id IN "
+            candidates = self.bits.candidates(self.conn, self.vec_table(), blob, max(MIN_CANDIDATES, k * OVERSAMPLE))
+            rows = self.conn.execute(f"SELECT id, embedding FROM {floats_table} WHERE id IN "
                                      f"({','.join('?' * len(candidates))})", candidates).fetchall()
         if not rows:
             return []
