@@ -3,6 +3,11 @@
 The builder ships inside the pinned onnxruntime-genai (constraints.txt): builders from 0.16 on
 need transformers 5, which the export stack (optimum-onnx) cannot use, so phibox pins 0.15.2 for
 both the builder and the runtime.
+
+For int4 the checkpoint is first written as int4 blocks, one tensor at a time
+(`export/int4_weights.py`), and the builder builds from those: given the float checkpoint it
+holds the whole model in float32 twice (more than 20 GB for Phi-3-mini). The blocks are the
+bytes the builder's own quantizer would have written.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from phibox.device.errors import PhiboxError
+from phibox.export.int4_weights import quantize_checkpoint
 
 PRECISIONS = ("int4", "fp32", "fp16")
 
@@ -39,8 +45,11 @@ def build_onnx_genai(
     if accuracy_level not in range(5):
         raise OnnxBuildError(f"int4 accuracy level {accuracy_level} must be 0-4 (4: int8 compute, fastest on CPU)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="phibox-ortgenai-") as tmp:
-        result = _run_builder(model_dir, out_dir, precision, block_size, accuracy_level, cache_dir or Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="phibox-ortgenai-", dir=out_dir.parent) as tmp:
+        source = model_dir
+        if precision == "int4":
+            source = quantize_checkpoint(model_dir, Path(tmp) / "int4", block_size=block_size)
+        result = _run_builder(source, out_dir, precision, block_size, accuracy_level, cache_dir or Path(tmp) / "cache")
     config = out_dir / "genai_config.json"
     if result.returncode != 0 or not config.is_file():
         raise OnnxBuildError(

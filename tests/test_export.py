@@ -143,10 +143,12 @@ def test_gguf_only_export_and_memory_check_message(tiny_merged: Path, admin_keys
 
     phi3_mini = {"hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
                  "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064}
-    assert 25 * 2**30 < onnx_memory_needed(phi3_mini) < 40 * 2**30  # builder measured over 20.6 GB
+    assert 8 * 2**30 < onnx_memory_needed(phi3_mini) < 13 * 2**30  # builder measured at 8.2 GB
     import psutil
 
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": 16 * 2**30})())
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": 14 * 2**30})())
+    check_onnx_memory(phi3_mini)  # a 16 GB build box with its OS running: the ONNX route fits
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": 6 * 2**30})())
     with pytest.raises(ExportError, match="--formats gguf"):
         check_onnx_memory(phi3_mini)
     out = tmp_path / "gguf-only-v2.phibox"
