@@ -19,7 +19,7 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 
@@ -78,8 +78,6 @@ class TinySpec:
 PHI3_MINI_SHAPE = TinySpec(hidden_size=3072, intermediate_size=8192, num_layers=32, num_heads=32,
                            padded_vocab=32064, dtype="bfloat16")
 """Phi-3-mini's exact shape (3.8 B parameters, random weights): real-size speed and memory for benchmarks."""
-PHI3_MINI_16_LAYERS = replace(PHI3_MINI_SHAPE, num_layers=16)
-"""Half of Phi-3-mini's layers: the ONNX builder needs more than 24 GB of RAM for all 32."""
 
 
 def recipe_key(spec: TinySpec) -> str:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from phibox.device.config import EngineConfig
-from phibox.export import bench, bench_retrieval
+from phibox.device.errors import ConfigError
+from phibox.export import bench, bench_export, bench_retrieval
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="10000,100000", help="retrieval sizes in chunks")
     parser.add_argument("--phi3-mini-shape", action="store_true",
                         help="measure the model rows on a random-weight model of Phi-3-mini's exact shape")
+    parser.add_argument("--onnx-full", action="store_true",
+                        help="with --phi3-mini-shape: also watch the build box's RAM during a real-size export "
+                             "(the ONNX step vs the stock builder, then the whole export; about 25 minutes)")
 
 
 class Table:
@@ -50,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from phibox.export.demo import DEMO, build
     from phibox.export.embedder import default_embedder_dir
 
+    if args.onnx_full and not args.phi3_mini_shape:
+        raise ConfigError("--onnx-full measures a real-size export: add --phi3-mini-shape")
     info = build(args.demo_dir)
     state = Path(info["state"])
     bundle = (state / "current").resolve()
@@ -58,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.phi3_mini_shape:
         bundle = real_size_bundle(bundle)
         where = ["--bundle", str(bundle), "--db", str(state / "documents.db")]
-        model_label = "random weights of Phi-3-mini's shape (3.8 B); ONNX rows: 16 of its 32 layers"
+        model_label = "random weights of Phi-3-mini's shape (3.8 B), all 32 layers in both formats"
     gguf = next((bundle / "model").glob("*.gguf"))
     name = json.loads((bundle / "manifest.json").read_text())["name"]
     table = Table()
@@ -122,7 +128,33 @@ def run(args: argparse.Namespace) -> int:
     e = bench.ingestion(bundle / "embedder", default_embedder_dir(), DEMO / "manuals", args.threads)
     table.row("ingestion chunks/s: ONNX embedder vs sentence-transformers (torch)", e["onnx_chunks_s"],
               e["torch_chunks_s"], "chunks/s", f"min cosine {e['min_cosine']:.6f}")
+    if args.onnx_full:
+        export_rows(table, args.out.resolve().parent)
     args.out.write_text(json.dumps({"model": model_label, "threads": args.threads, "rows": table.rows}, indent=2))
     table.print()
     print(f"\nwritten to {args.out}")
     return 0
+
+
+def export_rows(table: Table, scratch_parent: Path) -> None:
+    """The build box's RAM at real size: phibox's ONNX step vs the stock builder, then a whole export."""
+    from phibox.train.tiny_phi3 import PHI3_MINI_SHAPE, ensure_tiny_phi3
+
+    checkpoint = ensure_tiny_phi3(spec=PHI3_MINI_SHAPE)
+    with tempfile.TemporaryDirectory(dir=scratch_parent, prefix="phibox-bench-export-") as scratch:
+        print("ONNX int4 at 32 layers: phibox's step, then the stock builder (stopped past 16 GB) ...", flush=True)
+        ours = bench_export.onnx_step(checkpoint, Path(scratch))
+        if ours.returncode != 0:
+            raise RuntimeError(f"phibox's ONNX step failed:\n{ours.tail}")
+        stock = bench_export.stock_builder(checkpoint, Path(scratch))
+        stopped = "stopped past 16 GB" if stock.returncode is None else f"exit {stock.returncode}"
+        table.row("ONNX int4 build peak RAM, 32 layers: int4 blocks + builder vs stock builder", ours.peak_mb,
+                  stock.peak_mb, "MB", f"{ours.seconds:.0f} s vs {stock.seconds:.0f} s ({stopped})")
+    with tempfile.TemporaryDirectory(dir=scratch_parent, prefix="phibox-bench-export-") as scratch:
+        print("the whole `phibox export --formats gguf,onnx` at real size ...", flush=True)
+        whole = bench_export.whole_export(checkpoint, Path(scratch))
+        if whole.returncode != 0:
+            raise RuntimeError(f"phibox export failed:\n{whole.tail}")
+        table.row("whole export, gguf + onnx, peak RAM of the process tree vs a 16 GB build box", whole.peak_mb,
+                  bench_export.BUILD_BOX_MB, "MB", f"{whole.seconds / 60:.1f} min: convert, quantize, ONNX, "
+                  "embedder, parity gate, pack")
