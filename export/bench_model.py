@@ -11,8 +11,9 @@ from pathlib import Path
 
 
 def real_size_bundle(demo_bundle: Path, say=print) -> Path:
-    """A bundle folder with a random-weight Phi-3-mini-shaped Q4_K_M GGUF and the full 32-layer
-    ONNX int4 model, each part built once and cached (a cache from before keeps its GGUF)."""
+    """A bundle folder with a random-weight Phi-3-mini-shaped Q4_K_M GGUF that tokenizes with
+    Phi-3's own tokenizer, and the full 32-layer ONNX int4 model; each part built once and cached
+    (a cache from before keeps what it has)."""
     import shutil
 
     from phibox.device.paths import cache_root
@@ -24,6 +25,10 @@ def real_size_bundle(demo_bundle: Path, say=print) -> Path:
     if not (root / "model" / GGUF_NAME).is_file():
         say("building a random-weight model of Phi-3-mini's shape (3.8 B parameters, ~7.6 GB, once) ...")
         _build_part(root / "model", lambda work: _gguf(ensure_tiny_phi3(spec=PHI3_MINI_SHAPE), work, say))
+        changed = True
+    if gguf_name(root / "model" / GGUF_NAME) != PHI3_VOCAB_NAME:
+        say("giving the GGUF Phi-3's own tokenizer (llama.cpp's vocabulary-only GGUF) ...")
+        _phi3_vocabulary(root / "model" / GGUF_NAME)
         changed = True
     if onnx_layers(root / "onnx") != PHI3_MINI_SHAPE.num_layers:
         say("building the 32-layer ONNX int4 model (int4 blocks, then onnxruntime-genai's builder; minutes) ...")
@@ -38,6 +43,24 @@ def real_size_bundle(demo_bundle: Path, say=print) -> Path:
 
 
 GGUF_NAME = "phi3-q4_k_m.gguf"
+PHI3_VOCAB_NAME = "phi3-mini-shape, Phi-3 tokenizer"
+
+
+def gguf_name(gguf: Path) -> str | None:
+    """A GGUF's general.name (None when there is no file)."""
+    if not gguf.is_file():
+        return None
+    from llama_cpp import Llama
+
+    return Llama(str(gguf), vocab_only=True, verbose=False).metadata.get("general.name")
+
+
+def _phi3_vocabulary(gguf: Path) -> None:
+    from phibox.export.gguf_vocab import with_vocabulary
+    from phibox.export.llama_kit import find_kit
+
+    kit = find_kit()
+    with_vocabulary(kit, gguf, kit.phi3_vocab, gguf, PHI3_VOCAB_NAME)
 
 
 def onnx_layers(onnx_dir: Path) -> int:

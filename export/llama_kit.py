@@ -27,6 +27,9 @@ ENV_SRC = "PHIBOX_LLAMA_CPP_SRC"
 SCRIPT = "convert_hf_to_gguf.py"
 KIT_PARTS = (SCRIPT, "conversion/", "gguf-py/gguf/")
 """What the converter needs from a llama.cpp source tree (paths relative to its root)."""
+PHI3_VOCAB = "models/ggml-vocab-phi-3.gguf"
+"""Phi-3's own tokenizer as a vocabulary-only GGUF (llama.cpp's tokenizer tests ship it; no weights):
+the real-size benchmark model counts prompt tokens as Phi-3-mini does. Extracted when present."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,14 @@ class ConverterKit:
     @property
     def script(self) -> Path:
         return self.root / SCRIPT
+
+    @property
+    def phi3_vocab(self) -> Path:
+        """Phi-3's tokenizer (vocabulary-only GGUF) from the same llama.cpp."""
+        path = self.root / PHI3_VOCAB
+        if not path.is_file():
+            raise ConfigError(f"{self.root} has no {PHI3_VOCAB}: run `phibox converter fetch` again to complete it")
+        return path
 
     def check(self) -> ConverterKit:
         """Fail with a fix when the folder is not a complete kit."""
@@ -95,7 +106,7 @@ def fetch_kit(cache_root: Path | None = None) -> ConverterKit:
     """Download the installed llama-cpp-python's sdist with pip and extract the converter."""
     wanted = runtime_version()
     dest = kit_dir(cache_root)
-    if (dest / SCRIPT).is_file():
+    if _complete(dest):
         return ConverterKit(dest, wanted).check()
     with tempfile.TemporaryDirectory(prefix="phibox-sdist-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
@@ -121,7 +132,7 @@ def extract_kit(sdist: Path, dest: Path) -> ConverterKit:
             f"{sdist} is not llama-cpp-python {wanted}, the version installed here: the converter "
             "must come from the same llama.cpp the device runs"
         )
-    if (dest / SCRIPT).is_file():
+    if _complete(dest):
         return ConverterKit(dest, wanted).check()
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
@@ -136,10 +147,15 @@ def extract_kit(sdist: Path, dest: Path) -> ConverterKit:
                 with tar.extractfile(member) as src, open(target, "wb") as out:  # type: ignore[union-attr]
                     shutil.copyfileobj(src, out)
         kit = ConverterKit(staging, wanted).check()
+        shutil.rmtree(dest, ignore_errors=True)  # a kit extracted by an older phibox, without the vocabulary
         os.rename(staging, dest)
         return ConverterKit(dest, kit.llama_cpp_python)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _complete(dest: Path) -> bool:
+    return (dest / SCRIPT).is_file() and (dest / PHI3_VOCAB).is_file()
 
 
 def _kit_relative(member: str) -> PurePosixPath | None:
@@ -149,6 +165,6 @@ def _kit_relative(member: str) -> PurePosixPath | None:
         return None
     rel = PurePosixPath(*parts[3:])
     text = rel.as_posix()
-    if any(text == p or (p.endswith("/") and text.startswith(p)) for p in KIT_PARTS):
+    if any(text == p or (p.endswith("/") and text.startswith(p)) for p in (*KIT_PARTS, PHI3_VOCAB)):
         return rel
     return None
