@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if args.phi3_mini_shape:
         bundle = real_size_bundle(bundle)
         where = ["--bundle", str(bundle), "--db", str(state / "documents.db")]
-        model_label = "random weights of Phi-3-mini's shape (3.8 B), all 32 layers in both formats"
+        model_label = ("random weights of Phi-3-mini's shape (3.8 B), all 32 layers in both formats; "
+                       "the GGUF tokenizes with Phi-3's own tokenizer")
     gguf = next((bundle / "model").glob("*.gguf"))
     name = json.loads((bundle / "manifest.json").read_text())["name"]
     table = Table()
