@@ -129,12 +129,17 @@ def run(args: argparse.Namespace) -> int:
     e = bench.ingestion(bundle / "embedder", default_embedder_dir(), DEMO / "manuals", args.threads)
     table.row("ingestion chunks/s: ONNX embedder vs sentence-transformers (torch)", e["onnx_chunks_s"],
               e["torch_chunks_s"], "chunks/s", f"min cosine {e['min_cosine']:.6f}")
+    _save(args, model_label, table)  # the rows so far survive a failure in the long export rows
     if args.onnx_full:
         export_rows(table, args.out.resolve().parent)
-    args.out.write_text(json.dumps({"model": model_label, "threads": args.threads, "rows": table.rows}, indent=2))
+        _save(args, model_label, table)
     table.print()
     print(f"\nwritten to {args.out}")
     return 0
+
+
+def _save(args: argparse.Namespace, model_label: str, table: Table) -> None:
+    args.out.write_text(json.dumps({"model": model_label, "threads": args.threads, "rows": table.rows}, indent=2))
 
 
 def export_rows(table: Table, scratch_parent: Path) -> None:
