@@ -84,7 +84,7 @@ def ingest(paths: Iterable[Path], store: DocumentStore, embedder: OnnxEmbedder, 
             bar.update(1)
             continue
         chunks = chunk_sections(doc.sections, embedder.count_tokens, cfg.chunk_tokens, cfg.chunk_overlap)
-        vectors = embedder.embed([_embed_text(doc.title, c.heading, c.text) for c in chunks], cfg.embed_batch)
+        vectors = embedder.embed_passages([_embed_text(doc.title, c.heading, c.text) for c in chunks], cfg.embed_batch)
         store.replace_document(key, path.relative_to(root).as_posix() if path != root else path.name,
                                doc.title, sha, utc_now(), chunks, vectors)
         (report.updated if previous else report.added).append(key)
@@ -116,7 +116,8 @@ def reembed_all(store: DocumentStore, embedder: OnnxEmbedder, cfg: EngineConfig,
     bar = tqdm(desc="re-embed", unit="chunk", disable=not progress, dynamic_ncols=True)
 
     def embed(rows: list[ChunkText]):
-        return embedder.embed([_embed_text(title, heading, text) for _, title, heading, text in rows], cfg.embed_batch)
+        texts = [_embed_text(title, heading, text) for _, title, heading, text in rows]
+        return embedder.embed_passages(texts, cfg.embed_batch)
 
     def advance(done: int, total: int) -> None:
         bar.total = total

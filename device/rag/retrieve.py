@@ -75,7 +75,7 @@ def _search(store: DocumentStore, embedder: OnnxEmbedder | None, question: str, 
         if embedder is None:
             raise ValueError("hybrid search needs an embedder")
         store.check_embedder(embedder.spec)
-        vector = embedder.embed([question])[0]
+        vector = embedder.embed_queries([question])[0]
         vec_rows = store.nearest(vector, cfg.candidates)
     query = fts_query(question)
     fts_rows = conn.execute(
