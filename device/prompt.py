@@ -14,10 +14,12 @@ from itertools import groupby
 SYSTEM_RULES = (
     "You are the maintenance assistant of this plant. Answer the technician's question using only "
     "the numbered passages from the plant's manuals. Cite every passage you use as [n]. If the "
-    "passages do not contain the answer, say plainly that the manuals do not cover it. Keep the "
+    "passages do not contain the answer, say plainly that the manuals do not cover it. Answer in "
+    "the language of the question, even when the passages are in another language. Keep the "
     "answer short and practical."
 )
-"""The system message: answer only from the passages, cite them as [n], say when they don't help."""
+"""The system message: answer only from the passages, cite them as [n], say when they don't help,
+answer in the question's language (a Polish question over English manuals gets a Polish answer)."""
 
 NO_PASSAGES = "(No passages from the manuals matched this question.)"
 """Stands in the passage block when retrieval found nothing, so the model says it doesn't know."""

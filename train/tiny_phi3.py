@@ -81,10 +81,12 @@ PHI3_MINI_SHAPE = TinySpec(hidden_size=3072, intermediate_size=8192, num_layers=
 
 
 def recipe_key(spec: TinySpec) -> str:
-    """Cache key: this recipe's source, the spec and the library versions that shape the output."""
+    """Cache key: this recipe's source, the spec, the prompt text its tokenizer learns from and the
+    library versions that shape the output."""
     digest = hashlib.sha256(Path(__file__).read_bytes())
     digest.update(json.dumps(asdict(spec), sort_keys=True).encode())
     digest.update(PHI3_CHAT_TEMPLATE.encode())
+    digest.update(SYSTEM_RULES.encode())  # the tokenizer is trained on text holding it
     for lib in ("torch", "transformers", "sentencepiece", "tokenizers"):
         digest.update(f"{lib}={version(lib)}".encode())
     return digest.hexdigest()[:16]
