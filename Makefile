@@ -33,11 +33,13 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 install: $(STAMP)
 
 # Debian packages the tests use: systemd-analyze (unit checks), Chromium and its driver (browser
-# tests), qemu-user (the appliance's llama.cpp on older emulated CPUs). Installed when missing and we are root with apt; otherwise those tests skip and say why.
+# tests), fonts-noto-cjk (the kiosk page in Chinese shows no tofu boxes), qemu-user (the appliance's
+# llama.cpp on older emulated CPUs). Installed when missing and we are root with apt; otherwise those tests skip and say why.
 system-deps:
 	@missing=""; command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	fc-list 2>/dev/null | grep -q "Noto Sans CJK" || missing="$$missing fonts-noto-cjk"; \
 	command -v qemu-x86_64 >/dev/null 2>&1 || missing="$$missing qemu-user"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
