@@ -1,74 +1,170 @@
-"""Splitting sections into chunks along paragraphs, then sentences, then words, measured in
-embedder tokens, with a little overlap between neighbours of the same section."""
+"""Splitting sections into chunks measured in embedder tokens, following the document's blocks.
+
+- Prose (paragraphs, lists) splits along paragraphs, then sentences and list items, then words.
+- A table that fits a chunk is never split; a larger one splits by rows, each piece under the
+  table's header row so it can be read alone. A code block that fits stays whole; a larger one
+  splits at lines.
+- Each chunk after the first of a section opens with the last ``overlap`` tokens or fewer of the
+  previous chunk, cut at a sentence or word boundary (or whole lines of code), even when the
+  previous paragraph is longer than ``overlap``. The only exception: a table or code block that
+  fits a chunk but not beside the overlap starts its chunk alone. A table's rows are never carried
+  as a fragment without their header.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
+from phibox.device.rag.markdown import Block
 from phibox.device.rag.readers import Section
 from phibox.device.rag.store import ChunkRow
 
-_SENTENCE = re.compile(r"(?<=[.!?;:])\s+(?=[A-Z0-9(\"'])")
+Count = Callable[[str], int]
+
+_SENTENCE = re.compile(r"(?<=[.!?;:])\s+(?=[A-Z0-9(\"'])|\n(?=[ \t]*(?:[-*+]|\d{1,3}[.)])[ \t])")
+_WORD = re.compile(r"\s+")
+_LINE = re.compile(r"\n")
 
 
-def _units(text: str, count: Callable[[str], int], limit: int) -> list[tuple[str, int]]:
-    """(text, tokens) pieces no longer than limit: paragraphs, or their sentences, or word runs."""
-    out: list[tuple[str, int]] = []
-    for paragraph in (p.strip() for p in re.split(r"\n\s*\n", text)):
-        if not paragraph:
-            continue
-        n = count(paragraph)
-        if n <= limit:
-            out.append((paragraph, n))
-            continue
-        for sentence in (s.strip() for s in _SENTENCE.split(paragraph)):
-            n = count(sentence)
-            if n <= limit:
-                out.append((sentence, n))
-            else:
-                out.extend(_word_runs(sentence, count, limit))
-    return out
+class _Unit(NamedTuple):
+    text: str
+    tokens: int
+    kind: str
+    glue: str = "\n\n"
+    """What joins it to the piece before it in a chunk: a blank line between blocks and paragraphs,
+    a space (a newline in code) inside a split paragraph."""
 
 
-def _word_runs(text: str, count: Callable[[str], int], limit: int) -> list[tuple[str, int]]:
-    runs, words = [], text.split()
-    while words:
-        lo, hi = 1, len(words)
-        while lo < hi:  # the longest prefix of words that fits
-            mid = (lo + hi + 1) // 2
-            if count(" ".join(words[:mid])) <= limit:
-                lo = mid
-            else:
-                hi = mid - 1
-        piece = " ".join(words[:lo])
-        runs.append((piece, count(piece)))
-        words = words[lo:]
-    return runs
-
-
-def chunk_sections(sections: Sequence[Section], count: Callable[[str], int], max_tokens: int,
-                   overlap: int) -> list[ChunkRow]:
-    """Chunks of at most max_tokens (plus joins); each keeps its section's heading and page."""
+def chunk_sections(sections: Sequence[Section], count: Count, max_tokens: int, overlap: int) -> list[ChunkRow]:
+    """Chunks of at most max_tokens (plus the blank lines joining their pieces); each keeps its
+    section's heading and page."""
+    if not 0 <= overlap < max_tokens:
+        raise ValueError(f"chunk overlap {overlap} must be at least 0 and below the chunk size {max_tokens}")
     chunks: list[ChunkRow] = []
     for section in sections:
-        units = _units(section.text, count, max_tokens)
-        current: list[tuple[str, int]] = []
-        for unit in units:
-            if current and sum(n for _, n in current) + unit[1] > max_tokens:
+        blocks = section.blocks or tuple(Block("prose", p) for p in re.split(r"\n\s*\n", section.text))
+        current: list[_Unit] = []
+        for unit in (u for block in blocks for u in _units(block, count, max_tokens, overlap)):
+            if current and sum(u.tokens for u in current) + unit.tokens > max_tokens:
                 chunks.append(_row(section, current))
-                carried: list[tuple[str, int]] = []
-                for previous in reversed(current):  # overlap: the tail of the previous chunk
-                    if sum(n for _, n in carried) + previous[1] > overlap:
-                        break
-                    carried.insert(0, previous)
-                current = carried if sum(n for _, n in carried) + unit[1] <= max_tokens else []
+                carried = _tail(current, count, overlap)
+                current = carried if sum(u.tokens for u in carried) + unit.tokens <= max_tokens else []
             current.append(unit)
         if current:
             chunks.append(_row(section, current))
     return chunks
 
 
-def _row(section: Section, units: list[tuple[str, int]]) -> ChunkRow:
-    return ChunkRow(heading=section.heading, page=section.page, text="\n\n".join(t for t, _ in units),
-                    tokens=sum(n for _, n in units))
+def _units(block: Block, count: Count, max_tokens: int, overlap: int) -> list[_Unit]:
+    """A block as pieces to pack: whole when it fits (prose: fits beside the overlap), else split."""
+    text = block.text.strip("\n")
+    if not text.strip():
+        return []
+    n = count(text)
+    if block.kind == "table":
+        return [_Unit(text, n, "table")] if n <= max_tokens else _table_pieces(text, count, max_tokens)
+    room = max_tokens - overlap
+    if block.kind == "code":
+        if n <= max_tokens:
+            return [_Unit(text, n, "code")]
+        pieces = [p for line_run in _runs(text, count, room, _LINE)
+                  for p in ([line_run] if count(line_run) <= room else _runs(line_run, count, room, _WORD))]
+        return [_Unit(p, count(p), "code", "\n" if i else "\n\n") for i, p in enumerate(pieces)]
+    out: list[_Unit] = []
+    for paragraph in (p.strip() for p in re.split(r"\n\s*\n", text)):
+        if not paragraph:
+            continue
+        sentences = [paragraph] if count(paragraph) <= room else [s.strip() for s in _SENTENCE.split(paragraph)]
+        pieces = [w for sentence in sentences
+                  for w in ([sentence] if count(sentence) <= room else _runs(sentence, count, room, _WORD))]
+        out.extend(_Unit(p, count(p), "prose", " " if i else "\n\n") for i, p in enumerate(pieces))
+    return out
+
+
+def _runs(text: str, count: Count, limit: int, boundary: re.Pattern[str]) -> list[str]:
+    """The longest prefixes of text that end at a boundary and fit limit tokens, in order; a
+    prefix with no boundary that fits comes back whole (a single long word or line)."""
+    runs: list[str] = []
+    while text:
+        if count(text) <= limit:
+            runs.append(text)
+            break
+        cuts = [(m.start(), m.end()) for m in boundary.finditer(text) if m.start() > 0]
+        lo, hi = 0, len(cuts)  # cuts[:lo] fit; find the last cut whose prefix fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if count(text[:cuts[mid - 1][0]]) <= limit:
+                lo = mid
+            else:
+                hi = mid - 1
+        end, start = cuts[max(lo, 1) - 1] if cuts else (len(text), len(text))
+        runs.append(text[:end])
+        text = text[start:]
+    return runs
+
+
+def _table_pieces(text: str, count: Count, max_tokens: int) -> list[_Unit]:
+    """A table too large for one chunk, as runs of rows under a copy of its header row."""
+    lines = text.splitlines()
+    header, rows = "\n".join(lines[:2]), lines[2:]
+    pieces: list[_Unit] = []
+    run: list[str] = []
+    for row in rows:
+        candidate = "\n".join([header, *run, row])
+        if run and count(candidate) > max_tokens:
+            piece = "\n".join([header, *run])
+            pieces.append(_Unit(piece, count(piece), "table"))
+            run = []
+            candidate = "\n".join([header, row])
+        if not run and count(candidate) > max_tokens:  # one row larger than a chunk: words, no header
+            pieces.extend(_Unit(w, count(w), "prose") for w in _runs(row, count, max_tokens, _WORD))
+            continue
+        run.append(row)
+    if run or not pieces:
+        piece = "\n".join([header, *run])
+        pieces.append(_Unit(piece, count(piece), "table"))
+    return pieces
+
+
+def _tail(units: list[_Unit], count: Count, budget: int) -> list[_Unit]:
+    """The end of a chunk, at most budget tokens: whole pieces from the end, then the end of the
+    piece before them cut at a sentence or word boundary (code: whole lines; tables: not cut)."""
+    carried: list[_Unit] = []
+    for unit in reversed(units):
+        if unit.tokens <= budget:
+            carried.insert(0, unit)
+            budget -= unit.tokens
+            continue
+        piece = _suffix(unit, count, budget)
+        if piece is not None:
+            carried.insert(0, piece)
+        break
+    return carried
+
+
+def _suffix(unit: _Unit, count: Count, budget: int) -> _Unit | None:
+    if unit.kind == "table" or budget <= 0:
+        return None
+    boundaries = [_LINE] if unit.kind == "code" else [_SENTENCE, _WORD]
+    for boundary in boundaries:
+        starts = [m.end() for m in boundary.finditer(unit.text) if m.end() < len(unit.text)]
+        lo, hi = 0, len(starts)  # the earliest start whose suffix fits budget
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if count(unit.text[starts[mid]:]) <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo < len(starts):
+            text = unit.text[starts[lo]:]
+            n = count(text)
+            if n * 2 >= budget or boundary is boundaries[-1]:
+                return _Unit(text, n, unit.kind, unit.glue)
+    return None
+
+
+def _row(section: Section, units: list[_Unit]) -> ChunkRow:
+    text = units[0].text + "".join(u.glue + u.text for u in units[1:])
+    return ChunkRow(heading=section.heading, page=section.page, text=text, tokens=sum(u.tokens for u in units))

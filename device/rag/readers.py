@@ -13,6 +13,7 @@ from pathlib import Path
 
 from phibox.device.errors import PhiboxError
 from phibox.device.prompt import neutralise
+from phibox.device.rag.markdown import Block, parse_markdown
 
 EXTENSIONS = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
 
@@ -29,6 +30,9 @@ class Section:
     """Heading path, e.g. "Hydraulic press > Faults > E42"; empty before the first heading."""
     page: int | None
     text: str
+    blocks: tuple[Block, ...] = ()
+    """The text's blocks when the reader knows them (Markdown): tables and code the chunker keeps
+    whole. Empty: the chunker splits ``text`` at blank lines."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,9 @@ def read_document(path: Path) -> ParsedDocument:
     (prompt.neutralise): a hostile manual can't open a system turn, and citations show what the
     model saw."""
     doc = _read(path)
-    return ParsedDocument(neutralise(doc.title), [Section(neutralise(s.heading), s.page, neutralise(s.text))
-                                                  for s in doc.sections], doc.note)
+    sections = [Section(neutralise(s.heading), s.page, neutralise(s.text),
+                        tuple(Block(b.kind, neutralise(b.text)) for b in s.blocks)) for s in doc.sections]
+    return ParsedDocument(neutralise(doc.title), sections, doc.note)
 
 
 def _read(path: Path) -> ParsedDocument:
@@ -85,34 +90,11 @@ def _read(path: Path) -> ParsedDocument:
     return ParsedDocument(doc.title, doc.sections, note)
 
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
-
-
 def read_markdown(text: str, path: Path) -> ParsedDocument:
-    """Sections split at ATX headings (# .. ######), each with its full heading path."""
-    stack: list[tuple[int, str]] = []
-    sections: list[Section] = []
-    lines: list[str] = []
-    title = ""
-
-    def flush() -> None:
-        body = "\n".join(lines).strip()
-        if body:
-            sections.append(Section(" > ".join(h for _, h in stack), None, body))
-        lines.clear()
-
-    for line in text.splitlines():
-        match = _HEADING.match(line)
-        if match:
-            flush()
-            level, heading = len(match.group(1)), match.group(2).strip()
-            title = title or heading
-            while stack and stack[-1][0] >= level:
-                stack.pop()
-            stack.append((level, heading))
-        else:
-            lines.append(line)
-    flush()
+    """Sections at the headings a CommonMark parser sees (ATX and setext, never ``#`` lines in
+    code), each with its full heading path and its blocks."""
+    title, parsed = parse_markdown(text)
+    sections = [Section(s.heading, None, "\n\n".join(b.text for b in s.blocks), s.blocks) for s in parsed]
     return ParsedDocument(title or path.stem, sections)
 
 
