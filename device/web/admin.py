@@ -26,7 +26,10 @@ from phibox.device.lifecycle import installer
 from phibox.device.lifecycle.state import StateDir
 from phibox.device.rag.readers import EXTENSIONS
 from phibox.device.web import auth as admin_auth
+from phibox.device.web import script_text
 from phibox.device.web.context import bearer_token, service, settings
+from phibox.device.web.i18n import gettext as _
+from phibox.device.web.i18n import ngettext
 from phibox.device.web.uploads import PIECE_BYTES, UploadArea, UploadError
 
 bp = Blueprint("admin", __name__)
@@ -36,7 +39,8 @@ CHUNK = 1 << 20
 def state() -> StateDir:
     svc = service()
     if svc.state_dir is None:
-        raise UploadError("this server runs a bundle folder, not a device state directory: admin is off", 409)
+        raise UploadError(_("This server runs a bundle folder, not a device state directory: "
+                            "the admin area is off."), 409)
     return svc.state_dir
 
 
@@ -72,12 +76,13 @@ def guard() -> Any:
     elif not session.get("admin"):
         if request.method == "GET":
             return redirect(url_for("admin.login"))
-        return jsonify(error="log in first"), 401
+        return jsonify(error=_("Log in first.")), 401
     if request.method not in ("GET", "HEAD"):
         is_form = request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data")
         sent = request.headers.get("X-CSRF-Token") or (request.form.get("csrf", "") if is_form else "")
         if not sent or not secrets.compare_digest(sent, session.get("csrf", "")):
-            return jsonify(error="missing or stale CSRF token: reload the page"), 400
+            stale = _("This page is out of date (its CSRF token is missing or stale): reload the page.")
+            return jsonify(error=stale), 400
     return None
 
 
@@ -109,12 +114,13 @@ def login() -> Any:
     wait = limiter.reserve(client)  # counted before hashing: concurrent guesses are counted too
     if wait:
         return (render_template("admin_login.html", csrf=session["csrf"], configured=True,
-                                error=f"Too many failed attempts. Try again in {wait} s."), 429,
+                                error=ngettext("Too many failed attempts. Try again in %(num)d second.",
+                                               "Too many failed attempts. Try again in %(num)d seconds.", wait)), 429,
                 {"Retry-After": str(wait)})
     if not admin_auth.check_password(st, request.form.get("password", "")):
         time.sleep(0.2)
         return render_template("admin_login.html", csrf=session["csrf"], configured=True,
-                               error="Wrong password."), 403
+                               error=_("Wrong password.")), 403
     limiter.succeeded(client)
     session.clear()
     now = time.time()
@@ -146,7 +152,8 @@ def status() -> str:
                            disk_free_gb=round(disk.free / 1e9, 1), disk_total_gb=round(disk.total / 1e9, 1),
                            memory_mb=_rss_mb(), uptime_s=int(time.time() - svc.started_at),
                            events=st.recent_events(15), documents=docs, ingest=svc.ingest_status,
-                           max_upload_mb=settings().max_upload_mb)
+                           max_upload_mb=settings().max_upload_mb, states=script_text.model_states(),
+                           script_text=script_text.admin())
 
 
 def _rss_mb() -> float:
@@ -159,7 +166,7 @@ def _rss_mb() -> float:
 def uploads() -> UploadArea:
     area: UploadArea | None = current_app.config["PHIBOX_UPLOADS"]
     if area is None:
-        raise UploadError("this server runs a bundle folder, not a device state directory: uploads are off", 409)
+        raise UploadError(_("This server runs a bundle folder, not a device state directory: uploads are off."), 409)
     return area
 
 

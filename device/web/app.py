@@ -18,7 +18,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 
 from phibox.device.service import DeviceService
-from phibox.device.web import admin, auth, kiosk, openai_api
+from phibox.device.web import admin, auth, i18n, kiosk, openai_api
 from phibox.device.web.context import bearer_token, is_loopback
 from phibox.device.web.metrics import Metrics
 from phibox.device.web.settings import ServeConfig
@@ -44,6 +44,7 @@ def create_app(service: DeviceService, config: ServeConfig) -> Flask:
         SESSION_COOKIE_SECURE=config.secure_cookies or config.tls,
         SESSION_COOKIE_NAME="phibox_admin", MAX_CONTENT_LENGTH=1 << 20,
     )  # upload pieces (web/uploads.py) stream wsgi.input themselves; JSON and forms stay small
+    i18n.init_app(app, config.default_language)
     app.register_blueprint(kiosk.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(admin.bp)

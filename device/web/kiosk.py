@@ -14,7 +14,10 @@ from flask import Blueprint, Response, g, jsonify, render_template, request, str
 from phibox.device.engine import Engine, Unavailable
 from phibox.device.errors import PhiboxError
 from phibox.device.rag.budget import QuestionTooLongError
+from phibox.device.web import script_text
 from phibox.device.web.context import HttpError, service, settings
+from phibox.device.web.i18n import gettext as _
+from phibox.device.web.i18n import ngettext
 from phibox.device.web.sse import HEADERS, kiosk_stream, passages_json
 
 bp = Blueprint("kiosk", __name__)
@@ -31,13 +34,33 @@ def engine() -> Engine:
 
 def check_question(raw: Any) -> str:
     if not isinstance(raw, str) or not raw.strip():
-        raise BadQuestion("the question is empty: type what you want to know", 400)
+        raise BadQuestion(_("The question is empty: type what you want to know."), 400)
     question = raw.strip()
     limit = settings().max_question_chars
     if len(question) > limit:
-        raise BadQuestion(f"the question has {len(question)} characters; the limit is {limit}", 413)
+        raise BadQuestion(too_long(len(question), limit), 413)
     g.question = question
     return question
+
+
+def too_long(chars: int, limit: int) -> str:
+    return ngettext("The question has %(num)d character; the limit is %(limit)d. Shorten it and ask again.",
+                    "The question has %(num)d characters; the limit is %(limit)d. Shorten it and ask again.",
+                    chars, limit=limit)
+
+
+def unavailable_text(reason: str) -> str:
+    """Why the model can't answer now, in the page's language (the engine's reason, the service's state)."""
+    if reason == "queue_full":
+        return _("Busy: every place in the queue is taken. Here are the passages; ask again in a moment.")
+    if reason == "loading" and service().state == "degraded":
+        return _("The model could not be loaded: tell the admin (the admin page shows why). "
+                 "Here are the passages meanwhile.")
+    if reason == "loading" and service().state == "updating":
+        return _("The model is being updated. Here are the passages; ask again in a moment.")
+    if reason == "loading":
+        return _("The model or the manuals index is still loading. Ask again in a few seconds.")
+    return _("The answer engine cannot take questions now. Here are the passages; ask again later.")
 
 
 @bp.errorhandler(BadQuestion)
@@ -46,9 +69,13 @@ def bad_question(exc: BadQuestion) -> tuple[Response, int]:
 
 
 def unavailable(exc: Unavailable) -> tuple[Response, int, dict[str, str]]:
-    retry = str(settings().retry_after_s)
-    return (jsonify(error=str(exc), reason=exc.reason, retry_after=int(retry), passages=passages_json(exc.passages),
-                    retrieval_ms=round(exc.retrieval_ms, 2)), 503, {"Retry-After": retry})
+    retry = settings().retry_after_s
+    title = ngettext("Best passages from the manuals (the answer engine is busy or loading; retry in %(num)d second)",
+                     "Best passages from the manuals (the answer engine is busy or loading; retry in %(num)d seconds)",
+                     retry)
+    return (jsonify(error=unavailable_text(exc.reason), reason=exc.reason, retry_after=retry,
+                    passages=passages_json(exc.passages), passages_title=title,
+                    retrieval_ms=round(exc.retrieval_ms, 2)), 503, {"Retry-After": str(retry)})
 
 
 @bp.get("/")
@@ -59,9 +86,10 @@ def page() -> str:
         try:
             passages = passages_json(engine().search(check_question(q)).hits)
         except PhiboxError as exc:
-            error = str(exc)
+            error = unavailable_text(exc.reason) if isinstance(exc, Unavailable) else str(exc)
     return render_template("kiosk.html", q=q, passages=passages, error=error, demo=settings().demo,
-                           max_chars=settings().max_question_chars, model=service().model_id)
+                           max_chars=settings().max_question_chars, model=service().model_id,
+                           script_text=script_text.kiosk())
 
 
 @bp.get("/api/search")
@@ -75,19 +103,19 @@ def api_search() -> Response | tuple[Response, int, dict[str, str]]:
     except Unavailable as exc:
         return unavailable(exc)
     return jsonify(passages=passages_json(result.hits), retrieval_ms=round(result.retrieval_ms, 2),
-                   model_state=service().state)
+                   covered=result.covered, model_state=service().state)
 
 
 @bp.post("/api/ask")
 def api_ask() -> Response | tuple[Response, int] | tuple[Response, int, dict[str, str]]:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        return jsonify(error='send JSON like {"question": "..."}'), 400
+        return jsonify(error=_('Send JSON like {"question": "..."}.')), 400
     question = check_question(body.get("question"))
     try:
         answering = engine().ask(question)
     except Unavailable as exc:
         return unavailable(exc)
     except QuestionTooLongError as exc:
-        raise BadQuestion(str(exc), 413) from exc
+        raise BadQuestion(_("The question is too long for the model: ask it more briefly."), 413) from exc
     return Response(stream_with_context(kiosk_stream(answering)), mimetype="text/event-stream", headers=HEADERS)

@@ -14,6 +14,7 @@ from typing import Any
 
 from phibox.device.config import EngineConfig
 from phibox.device.errors import ConfigError
+from phibox.device.web.i18n import LANGUAGES
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,10 @@ class ServeConfig:
     """PEM certificate (from `phibox tls init`): serve HTTPS, admin cookies Secure."""
     tls_key: str = ""
     """PEM private key that goes with tls_cert."""
+    default_language: str = ""
+    """Language of the kiosk and admin pages when nobody picked one on the page: en, bg, ro, pl, zh-Hans
+    or nb. It wins over the browser's Accept-Language (a kiosk browser usually says en-US); empty: the
+    browser's language, else English."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -101,6 +106,9 @@ class ServeConfig:
             raise ConfigError("tls_cert and tls_key go together: give both (from `phibox tls init`), or neither")
         if self.max_document_mb < 1:
             raise ConfigError("max_document_mb must be at least 1")
+        if self.default_language and self.default_language not in LANGUAGES:
+            raise ConfigError(f"default_language {self.default_language!r} is not one of the page's languages: "
+                              f"use one of {', '.join(LANGUAGES)}, or leave it empty for the browser's language")
         if self.session_idle_min < 1 or self.session_max_h < 1:
             raise ConfigError("session_idle_min and session_max_h must be at least 1")
 

@@ -3,6 +3,9 @@
 
 const csrf = document.body.dataset.csrf;
 const $ = (id) => document.getElementById(id);
+// The page's words in its language, rendered by the server (script_text.py): no English here.
+const T = JSON.parse($("i18n").textContent);
+const fmt = (template, values) => template.replace(/%\((\w+)\)[sd]/g, (_, name) => String(values[name]));
 
 async function call(method, url, body, isJson) {
   const headers = { "X-CSRF-Token": csrf };
@@ -11,7 +14,7 @@ async function call(method, url, body, isJson) {
   try {
     response = await fetch(url, { method, headers, body });
   } catch (err) {
-    throw new Error("the connection was lost; choose the same file and upload it again to continue");
+    throw new Error(T.lost);
   }
   let data = {};
   try { data = await response.json(); } catch (err) { data = { error: response.statusText }; }
@@ -28,17 +31,17 @@ async function upload(kind, file, bar, out, done) {
     let offset = up.received;
     while (offset < file.size) {
       bar.value = (100 * offset) / file.size;
-      out.textContent = "Uploading " + (offset / 1e6).toFixed(0) + " of " + (file.size / 1e6).toFixed(0) + " MB…";
+      out.textContent = fmt(T.uploading, { done: (offset / 1e6).toFixed(0), total: (file.size / 1e6).toFixed(0) });
       const piece = await call("PUT", "/admin/uploads/" + up.id + "?offset=" + offset,
         file.slice(offset, offset + up.piece_bytes));
       offset = piece.received;
     }
     bar.value = 100;
-    out.textContent = kind === "bundle" ? "Uploaded; verifying and checking…" : "Uploaded; saving…";
+    out.textContent = kind === "bundle" ? T.verifying : T.saving;
     out.textContent = done(await call("POST", "/admin/uploads/" + up.id + "/finish"));
     if (kind === "bundle") setTimeout(() => location.reload(), 1200);
   } catch (err) {
-    out.textContent = "Refused: " + err.message;
+    out.textContent = fmt(T.refused, { error: err.message });
   }
 }
 
@@ -47,7 +50,7 @@ function pollIngest() {
     const bar = $("doc-progress");
     bar.hidden = !s.running;
     if (s.total) bar.value = (100 * s.done) / s.total;
-    $("doc-result").textContent = s.running ? "Indexing " + s.done + " / " + s.total + ": " + s.file : s.message;
+    $("doc-result").textContent = s.running ? fmt(T.indexing, { done: s.done, total: s.total, file: s.file }) : s.message;
     if (s.running) setTimeout(pollIngest, 700); else if (s.message) setTimeout(() => location.reload(), 1500);
   });
 }
@@ -55,15 +58,15 @@ function pollIngest() {
 document.addEventListener("DOMContentLoaded", () => {
   $("bundle-upload").addEventListener("click", () => {
     const file = $("bundle-file").files[0];
-    if (!file) { $("bundle-result").textContent = "Choose a .phibox file first."; return; }
+    if (!file) { $("bundle-result").textContent = T.choose_bundle; return; }
     upload("bundle", file, $("bundle-progress"), $("bundle-result"),
-      (b) => "Installed " + b.name + " v" + b.installed + ": health check ok, now active.");
+      (b) => fmt(T.installed, { name: b.name, version: b.installed }));
   });
   $("doc-upload").addEventListener("click", () => {
     const file = $("doc-file").files[0];
-    if (!file) { $("doc-result").textContent = "Choose a document first."; return; }
+    if (!file) { $("doc-result").textContent = T.choose_document; return; }
     upload("document", file, $("doc-progress"), $("doc-result"),
-      (b) => { setTimeout(pollIngest, 300); return "Saved " + b.saved + "; indexing…"; });
+      (b) => { setTimeout(pollIngest, 300); return fmt(T.saved, { name: b.saved }); });
   });
   $("reindex").addEventListener("click", () => {
     fetch("/admin/documents/reindex", { method: "POST", headers: { "X-CSRF-Token": csrf } })

@@ -3,7 +3,19 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { passages: [], controller: null, question: "" };
+const state = { passages: [], controller: null, question: "", covered: true };
+// The page's words in its language, rendered by the server (script_text.py): no English here.
+const T = JSON.parse($("i18n").textContent);
+const LANG = document.documentElement.lang;
+
+function fmt(template, values) {
+  // Fills %(name)s / %(name)d placeholders, as Python's % does on the server.
+  return template.replace(/%\((\w+)\)[sd]/g, (_, name) => String(values[name]));
+}
+
+function num(value, digits) {
+  return Number(value || 0).toLocaleString(LANG, { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
 
 function el(tag, text, cls) {
   const node = document.createElement(tag);
@@ -15,7 +27,7 @@ function el(tag, text, cls) {
 function where(p) {
   // The heading path usually starts with the document title: show it once.
   const place = p.heading ? (p.heading.startsWith(p.title) ? p.heading : p.title + " — " + p.heading) : p.title;
-  return place + (p.page ? ", page " + p.page : "") + "  (" + p.source + ")";
+  return place + (p.page ? ", " + fmt(T.page, { page: p.page }) : "") + "  (" + p.source + ")";
 }
 
 const STOPWORDS = new Set(("the and for with what when where which how does did can could should would "
@@ -49,6 +61,7 @@ function openPassage(n) {
 }
 
 function showPassages(passages, fallbackLabel) {
+  // fallbackLabel titles passages that are not an answer's (the closest ones, or found while busy).
   state.passages = passages;
   const list = $("passages");
   list.replaceChildren();
@@ -60,7 +73,7 @@ function showPassages(passages, fallbackLabel) {
     list.append(item);
   });
   const title = $("passages-title");
-  title.textContent = passages.length ? (fallbackLabel || "Passages from the manuals") : "";
+  title.textContent = passages.length ? (fallbackLabel || T.passages) : "";
   title.classList.toggle("fallback", Boolean(fallbackLabel));
 }
 
@@ -75,7 +88,7 @@ function renderAnswer(text) {
     if (n >= 1 && n <= state.passages.length) {
       const b = el("button", String(n), "cite");
       b.type = "button";
-      b.title = "Open passage " + n;
+      b.title = fmt(T.open_passage, { n });
       b.addEventListener("click", () => openPassage(n));
       box.append(b);
     } else {
@@ -152,35 +165,44 @@ async function ask(question) {
     if (!response.ok) {
       const err = await response.json().catch(() => ({}));
       if (err.passages) {  // busy or loading: the 503 still carries the passages found
-        showPassages(err.passages, response.status === 503
-          ? "Best passages from the manuals (the answer engine is busy or loading; retry in "
-            + (response.headers.get("Retry-After") || "a few") + " s)"
-          : undefined);
+        showPassages(err.passages, err.passages_title);
       }
-      $("error").textContent = err.error || "The answer could not be produced.";
+      $("error").textContent = err.error || T.failed;
       return;
     }
     let text = "";
+    state.covered = true;
     $("answer-box").hidden = false;
     renderAnswer("");
     await readEvents(response, (event, data) => {
-      if (event === "passages") showPassages(data.passages);
-      else if (event === "token") { text += data.text; renderAnswer(text); }
-      else if (event === "error") $("error").textContent = data.error;
+      if (event === "passages") {
+        // covered false: the manuals do not answer this; these are only the closest passages
+        state.covered = data.covered !== false;
+        showPassages(data.passages, state.covered ? undefined : T.closest);
+        if (!state.covered) renderAnswer(T.not_covered);
+      } else if (event === "token") {
+        text += data.text;
+        if (state.covered) renderAnswer(text);
+      } else if (event === "error") $("error").textContent = data.error;
       else if (event === "done") {
-        renderAnswer(data.text);
+        if (data.covered === false) {
+          if (state.covered) showPassages(state.passages, T.closest);
+          state.covered = false;
+          renderAnswer(T.engine[data.text] || T.not_covered);
+        } else {
+          renderAnswer(data.text);
+        }
         const t = data.timings || {};
         if (data.cached) {
-          $("timings").textContent = "asked before: the same answer from the same passages · passages in "
-            + Math.round(t.retrieval_ms) + " ms";
+          $("timings").textContent = fmt(T.cached, { ms: num(t.retrieval_ms, 0) });
         } else if (t.first_token_ms != null) {
-          $("timings").textContent = "first words after " + (t.first_token_ms / 1000).toFixed(1) + " s · "
-            + (t.tokens_per_s || 0).toFixed(1) + " tokens/s · passages in " + Math.round(t.retrieval_ms) + " ms";
+          $("timings").textContent = fmt(T.timings, { s: num(t.first_token_ms / 1000, 1),
+            rate: num(t.tokens_per_s, 1), ms: num(t.retrieval_ms, 0) });
         }
       }
     });
   } catch (err) {
-    if (err.name !== "AbortError") $("error").textContent = "Connection lost: " + err.message;
+    if (err.name !== "AbortError") $("error").textContent = fmt(T.lost, { error: err.message });
   } finally {
     if (state.controller === controller) { state.controller = null; setBusy(false); }
   }
@@ -192,6 +214,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("p-close").addEventListener("click", () => $("passage").close());
   drawHistory();
   fetch("/healthz").then((r) => r.json()).then((h) => {
-    $("status").textContent = h.model + " · " + h.status;
+    $("status").textContent = h.model + " · " + (T.states[h.status] || h.status);
   }).catch(() => {});
 });
