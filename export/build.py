@@ -67,9 +67,11 @@ def _run(merged: Path, key, out_path: Path, cfg: ExportConfig, staging: Path,
             merged, onnx_dir, block_size=cfg.onnx_block_size, accuracy_level=cfg.onnx_accuracy_level), onnx_dir)
     source = cfg.embedder_dir or default_embedder_dir()
     report = steps.run("export the sentence embedder to ONNX and check it against torch", lambda: export_embedder(
-        source, files / "embedder", min_cosine=cfg.embedder_min_cosine), files / "embedder")
+        source, files / "embedder", options=cfg.embedder, min_cosine=cfg.embedder_min_cosine), files / "embedder")
     say(f"      embedder {report.id}: {report.dim}-d, cosine vs torch min {report.min_cosine:.6f} "
-        f"over {report.sentences} sentences")
+        f"over {report.sentences} sentences as questions and as passages")
+    for note in report.notes:
+        say(f"      note: {note}")
     if cfg.docs is not None:
         docs = cfg.docs
         index = steps.run(f"index the manuals in {docs} with the exported embedder",

