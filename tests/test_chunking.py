@@ -130,3 +130,13 @@ def test_the_demo_manuals_keep_the_sections_the_line_reader_found(name: str) -> 
     doc = read_document(REPO / "demo" / "manuals" / name)
     assert [s.heading for s in doc.sections] == DEMO_HEADINGS[name]
     assert doc.title == DEMO_HEADINGS[name][0]
+
+
+def test_a_list_larger_than_a_chunk_keeps_one_item_a_line(count) -> None:
+    steps = "\n".join(f"{i}. Close valve V-{i} and hang tag T-{i} on its handle." for i in range(1, 25))
+    chunks = chunk_sections(read_markdown(f"# LOTO\n\n## Steps\n\n{steps}\n", Path("loto.md")).sections, count, 64, 16)
+    assert len(chunks) > 3
+    for chunk in chunks:
+        lines = chunk.text.splitlines()
+        assert all(line in steps.splitlines() for line in lines[1:]), chunk.text
+        assert any(line.endswith(lines[0]) for line in steps.splitlines())  # a whole item or an item's end

@@ -23,7 +23,9 @@ from phibox.device.rag.store import ChunkRow
 
 Count = Callable[[str], int]
 
-_SENTENCE = re.compile(r"(?<=[.!?;:])\s+(?=[A-Z0-9(\"'])|\n(?=[ \t]*(?:[-*+]|\d{1,3}[.)])[ \t])")
+_SENTENCE = re.compile(  # after a sentence (not after a list item's number), or before a list item
+    r"(?<=[.!?;:])(?<!^\d[.)])(?<!^\d\d[.)])(?<!^\d\d\d[.)])\s+(?=[A-Z0-9(\"'])|\n(?=[ \t]*(?:[-*+]|\d{1,3}[.)])[ \t])",
+    re.MULTILINE)
 _WORD = re.compile(r"\s+")
 _LINE = re.compile(r"\n")
 
@@ -69,27 +71,39 @@ def _units(block: Block, count: Count, max_tokens: int, overlap: int) -> list[_U
     if block.kind == "code":
         if n <= max_tokens:
             return [_Unit(text, n, "code")]
-        pieces = [p for line_run in _runs(text, count, room, _LINE)
-                  for p in ([line_run] if count(line_run) <= room else _runs(line_run, count, room, _WORD))]
-        return [_Unit(p, count(p), "code", "\n" if i else "\n\n") for i, p in enumerate(pieces)]
+        return [_Unit(p, count(p), "code", glue or "\n\n") for p, glue in _finer(_runs(text, count, room, _LINE),
+                                                                            count, room, _WORD)]
     out: list[_Unit] = []
     for paragraph in (p.strip() for p in re.split(r"\n\s*\n", text)):
         if not paragraph:
             continue
-        sentences = [paragraph] if count(paragraph) <= room else [s.strip() for s in _SENTENCE.split(paragraph)]
-        pieces = [w for sentence in sentences
-                  for w in ([sentence] if count(sentence) <= room else _runs(sentence, count, room, _WORD))]
-        out.extend(_Unit(p, count(p), "prose", " " if i else "\n\n") for i, p in enumerate(pieces))
+        sentences = [(paragraph, "")] if count(paragraph) <= room else _runs(paragraph, count, 0, _SENTENCE)
+        out.extend(_Unit(p, count(p), "prose", glue or "\n\n") for p, glue in _finer(sentences, count, room, _WORD))
     return out
 
 
-def _runs(text: str, count: Count, limit: int, boundary: re.Pattern[str]) -> list[str]:
-    """The longest prefixes of text that end at a boundary and fit limit tokens, in order; a
-    prefix with no boundary that fits comes back whole (a single long word or line)."""
-    runs: list[str] = []
+def _finer(pieces: list[tuple[str, str]], count: Count, limit: int,
+           boundary: re.Pattern[str]) -> list[tuple[str, str]]:
+    """Pieces over limit split again at a finer boundary; each keeps the separator before it."""
+    out: list[tuple[str, str]] = []
+    for piece, glue in pieces:
+        if count(piece) <= limit:
+            out.append((piece, glue))
+        else:
+            runs = _runs(piece, count, limit, boundary)
+            out.extend([(runs[0][0], glue), *runs[1:]])
+    return out
+
+
+def _runs(text: str, count: Count, limit: int, boundary: re.Pattern[str]) -> list[tuple[str, str]]:
+    """(piece, the source's separator before it): the longest prefixes of text that end at a
+    boundary and fit limit tokens, in order; a prefix with no boundary that fits comes back whole
+    (a single long word or line; limit 0 cuts at every boundary)."""
+    runs: list[tuple[str, str]] = []
+    glue = ""
     while text:
         if count(text) <= limit:
-            runs.append(text)
+            runs.append((text, glue))
             break
         cuts = [(m.start(), m.end()) for m in boundary.finditer(text) if m.start() > 0]
         lo, hi = 0, len(cuts)  # cuts[:lo] fit; find the last cut whose prefix fits
@@ -100,8 +114,8 @@ def _runs(text: str, count: Count, limit: int, boundary: re.Pattern[str]) -> lis
             else:
                 hi = mid - 1
         end, start = cuts[max(lo, 1) - 1] if cuts else (len(text), len(text))
-        runs.append(text[:end])
-        text = text[start:]
+        runs.append((text[:end], glue))
+        text, glue = text[start:], text[end:start]
     return runs
 
 
@@ -119,7 +133,8 @@ def _table_pieces(text: str, count: Count, max_tokens: int) -> list[_Unit]:
             run = []
             candidate = "\n".join([header, row])
         if not run and count(candidate) > max_tokens:  # one row larger than a chunk: words, no header
-            pieces.extend(_Unit(w, count(w), "prose") for w in _runs(row, count, max_tokens, _WORD))
+            words = _runs(row, count, max_tokens, _WORD)
+            pieces.extend(_Unit(w, count(w), "prose", glue or "\n\n") for w, glue in words)
             continue
         run.append(row)
     if run or not pieces:
