@@ -29,7 +29,10 @@ class EngineConfig:
     rrf_k: int = 60
     """Reciprocal-rank fusion constant: score = sum(weight / (rrf_k + rank))."""
     min_similarity: float = 0.25
-    """A passage counts only if its cosine similarity reaches this or its keywords matched."""
+    """Deprecated and ignored: the similarity floor belongs to the embedder (``similarity_floor`` in
+    its embedder.json) and whether passages answer a question is the relevance decision's
+    (rag/relevance.py, calibrated by `phibox eval retrieval --calibrate`). Still accepted so that
+    settings written for older phibox versions load."""
     prompt_token_budget: int = 450
     """Model tokens the RAG prompt may use. Prefill runs ~35 tokens/s on 2 cores: this is latency.
     450 keeps as many of the demo answers' key terms in the prompt as 600 did before passages were

@@ -6,7 +6,9 @@ part at once (retrieval, the prompt, a place in the worker's queue) and returns 
 whose ``events()`` come in the order a kiosk shows them: the passages, the answer's text as it
 streams, then ``done`` with the passages it cites and the timings. When the model cannot take the
 question (loading, failed, queue full) ``Unavailable`` carries the passages found, so a
-technician always gets them.
+technician always gets them. When the relevance decision (rag/relevance.py) says the manuals do
+not cover the question, the model is not asked: the closest passages come (``covered`` False, for
+the page's "closest, probably not it"), then the not-covered text.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from phibox.device.observe import Observer
 from phibox.device.prompt import render_chat
 from phibox.device.rag.budget import fit_prompt
 from phibox.device.rag.embedder import OnnxEmbedder
+from phibox.device.rag.relevance import Calibration
 from phibox.device.rag.retrieve import Hit, SearchResult, search
 from phibox.device.rag.store import EmbedderMismatchError
 from phibox.device.runtime.backend import ContextOverflowError, UnsupportedOptionError
@@ -127,6 +130,7 @@ class Answering:
 
     @property
     def covered(self) -> bool:
+        """False when the manuals do not cover the question: the passages are only the closest ones."""
         return self.job is not None or self.replay is not None
 
     def cancel(self) -> None:
@@ -143,7 +147,7 @@ class Answering:
         if self.job is None:
             yield Event("token", self.not_covered)
             self.timings.total_ms = _ms_since(self.started)
-            yield Event("done", Answer(self.not_covered, False, [], [], self.timings))
+            yield Event("done", Answer(self.not_covered, False, self.passages, [], self.timings))
             return
         try:
             for kind, data in self.job.stream(keepalive_s):
@@ -198,6 +202,9 @@ class Engine:
                  observer: Observer, embedder: OnnxEmbedder | None = None) -> None:
         self.documents, self.slot, self.worker, self.cfg, self.observer = documents, slot, worker, cfg, observer
         self.embedder = embedder
+        self.relevance: Calibration | None = None
+        """The active bundle's relevance calibration (None: defaults from the embedder's floor); set
+        with the embedder on a bundle switch."""
         self.answers = AnswerCache(cfg.answer_cache_size)
         """Finished answers for repeated questions, keyed by the model slot's generation among others."""
         self.model_note = "the model is still loading"
@@ -209,11 +216,13 @@ class Engine:
         if self.embedder is None:
             raise Unavailable("the manuals index is still loading; try again in a few seconds", "loading")
         cfg = self.cfg.with_overrides(k=k, candidates=max(self.cfg.candidates, k or 0))
-        store = self.documents.reader()
+        store, embedder, calibration = self.documents.reader(), self.embedder, self.relevance
+        if calibration is not None and calibration.embedder_id not in ("", embedder.spec.id):
+            calibration = None  # mid-switch: the new embedder with the old bundle's calibration
         try:
-            result = search(store, self.embedder, question, cfg)
+            result = search(store, embedder, question, cfg, calibration=calibration)
         except EmbedderMismatchError:  # vectors are being rebuilt for a new embedder: keywords only
-            result = search(store, None, question, cfg, keyword_only=True)
+            result = search(store, None, question, cfg, keyword_only=True, calibration=calibration)
         self.observer.retrieval(result.retrieval_ms / 1000)
         return result
 
@@ -226,8 +235,8 @@ class Engine:
             return Answering([], Timings(), started, None, NO_MANUALS)
         result = self.search(question)
         timings = Timings(retrieval_ms=round(result.retrieval_ms, 2))
-        if not result.hits:
-            return Answering([], timings, started, None)
+        if not result.covered:  # the closest passages, and no model call
+            return Answering(result.hits, timings, started, None)
         max_new = opts.max_new_tokens or self.cfg.max_new_tokens
         try:
             with self.slot.acquire() as backend:

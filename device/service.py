@@ -27,6 +27,7 @@ from phibox.device.lifecycle.memory import MemoryPlan, peak_rss_bytes, plan, res
 from phibox.device.lifecycle.state import StateDir
 from phibox.device.observe import Observer
 from phibox.device.rag.embedder import OnnxEmbedder
+from phibox.device.rag.relevance import calibration_for
 from phibox.device.runtime.backend import Backend
 from phibox.device.runtime.loader import choose_runtime, load_backend
 from phibox.device.runtime.slot import ModelSlot
@@ -82,7 +83,9 @@ class DeviceService:
                 return
             try:
                 if self.engine.embedder is None:
-                    self.engine.embedder = OnnxEmbedder(self.bundle.embedder_dir, threads=self.cfg.thread_count)
+                    embedder = OnnxEmbedder(self.bundle.embedder_dir, threads=self.cfg.thread_count)
+                    self.engine.relevance = calibration_for(self.bundle.root, embedder.spec)
+                    self.engine.embedder = embedder
                 self.slot.replace(load_backend(self.bundle, self.cfg, self.backend_name))
                 self.state, self.error = "ready", ""
                 self.observer.model_ready(True)
@@ -128,7 +131,8 @@ class DeviceService:
                 embedder, backend = self._drain_and_load(bundle)
             else:
                 embedder, backend = load_checked(bundle, self.cfg, self.backend_name)
-            self.bundle, self.engine.embedder = bundle, embedder
+            relevance = calibration_for(bundle.root, embedder.spec)  # a bad file fails the switch
+            self.bundle, self.engine.embedder, self.engine.relevance = bundle, embedder, relevance
             self.slot.replace(backend)  # side by side: the old model closes after the answer that holds it
             self.state, self.error = "ready", ""
             self.observer.model_ready(True)

@@ -53,7 +53,8 @@ def _run(merged: Path, key, out_path: Path, cfg: ExportConfig, staging: Path,
     files, work = staging / "bundle", staging / "work"
     files.mkdir()
     work.mkdir()
-    steps = Steps(2 * ("gguf" in cfg.formats) + ("onnx" in cfg.formats) + 3 + (cfg.docs is not None), say)
+    steps = Steps(2 * ("gguf" in cfg.formats) + ("onnx" in cfg.formats) + 3 + (cfg.docs is not None)
+                  + (cfg.eval_retrieval is not None), say)
     gguf_path = files / "model" / f"phi3-{cfg.quant.lower()}.gguf"
     onnx_dir = files / "onnx"
     if "gguf" in cfg.formats:
@@ -78,6 +79,12 @@ def _run(merged: Path, key, out_path: Path, cfg: ExportConfig, staging: Path,
                           lambda: build_index(docs, files / "embedder", files / "index" / "documents.db"),
                           files / "index")
         say(f"      {index['documents']} documents, {index['chunks']} chunks")
+        if cfg.eval_retrieval is not None:
+            eval_file, relevance = cfg.eval_retrieval, files / "retrieval" / "relevance.json"
+            fitted = steps.run(f"calibrate the relevance decision on {eval_file}", lambda: calibrate_relevance(
+                eval_file, files / "index" / "documents.db", files / "embedder", relevance), relevance)
+            say(f"      not covered: precision {fitted['precision']}, recall {fitted['recall']}, "
+                f"answerable kept {fitted['answerable_kept']}")
     (files / "eval").mkdir()
     results = steps.run("parity gate: merged model vs each format", lambda: run_parity(
         merged, gguf_path if "gguf" in cfg.formats else None, onnx_dir if "onnx" in cfg.formats else None,
@@ -147,3 +154,20 @@ def build_index(docs: Path, embedder_dir: Path, db_path: Path) -> dict[str, int]
     if not report["added"]:
         raise ConfigError(f"--docs {docs}: no readable manuals ({len(report['failed'])} files failed)")
     return report["counts"]
+
+
+def calibrate_relevance(eval_file: Path, db_path: Path, embedder_dir: Path, out: Path) -> dict[str, object]:
+    """retrieval/relevance.json fitted by the device's own command (`phibox eval retrieval --calibrate`)
+    on the prebuilt index; returns its not-covered precision and recall."""
+    import json
+    import subprocess
+    import sys
+
+    if not eval_file.is_file():
+        raise ConfigError(f"--eval-retrieval {eval_file} does not exist")
+    done = subprocess.run([sys.executable, "-m", "phibox.device.cli", "eval", "retrieval", str(eval_file),
+                           "--db", str(db_path), "--embedder", str(embedder_dir), "--calibrate", str(out), "--json"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ConfigError(f"calibrating on --eval-retrieval {eval_file} failed: {done.stderr.strip()[-800:]}")
+    return json.loads(done.stdout)["not_covered"]

@@ -1,7 +1,8 @@
 """`phibox demo`: the whole pipeline on the tiny stand-in Phi-3 and the sample manuals, then the kiosk.
 
 tiny Phi-3 → `phibox train` (QLoRA on demo/qa.jsonl) → `phibox merge` → `phibox export` (GGUF + ONNX,
-signed with a demo key it makes, the manuals indexed into the bundle) → `phibox bundle install` into a
+signed with a demo key it makes, the manuals indexed into the bundle and the relevance decision
+calibrated on demo/eval.jsonl) → `phibox bundle install` into a
 demo state directory → `phibox serve` on http://127.0.0.1:8080. Each step is the `phibox` command a
 user would type, run as its own process: the stages meet only through the files they write. A
 second run reuses what the first built (a stamp of the inputs decides) and starts in seconds.
@@ -69,12 +70,12 @@ def build(out: Path) -> dict[str, str]:
           "--config", str(TRAIN_CONFIG), "--max-steps", str(STEPS)])
     print("[demo 3/5] phibox merge")
     _run(["merge", str(out / "run"), "--out", str(out / "merged")])
-    print("[demo 4/5] phibox export (GGUF + ONNX, manuals indexed), signed with a demo key")
+    print("[demo 4/5] phibox export (GGUF + ONNX, manuals indexed, relevance calibrated), signed with a demo key")
     (out / "keys").mkdir()
     _run(["keygen", "--out", str(out / "keys" / "demo.key")])
     bundle = out / "plant-demo-v1.phibox"
     _run(["export", str(out / "merged"), "--key", str(out / "keys" / "demo.key"), "--out", str(bundle),
-          "--version", "1", "--docs", str(DEMO / "manuals")])
+          "--version", "1", "--docs", str(DEMO / "manuals"), "--eval-retrieval", str(DEMO / "eval.jsonl")])
     print("[demo 5/5] phibox bundle install into the demo state directory (its manuals index comes along)")
     _run(["bundle", "trust", str(out / "keys" / "demo.pub"), "--state", str(state)])
     _run(["bundle", "install", str(bundle), "--state", str(state)])

@@ -59,6 +59,9 @@ class ExportConfig:
     embedder_min_cosine: float = 0.999
     docs: Path | None = None
     """Manuals to index into a prebuilt documents database shipped in the bundle (index/documents.db)."""
+    eval_retrieval: Path | None = None
+    """Eval questions over docs (some unanswerable): the relevance decision is calibrated on the prebuilt
+    index with them and shipped as retrieval/relevance.json (`phibox eval retrieval --calibrate`)."""
     thresholds: parity.Thresholds = field(default_factory=parity.Thresholds)
     parity_prompts: Path | None = None
     continuation_tokens: int = 24
@@ -71,6 +74,8 @@ class ExportConfig:
             raise ConfigError(f"--quant must be one of {', '.join(QUANTS)}")
         if self.version < 1:
             raise ConfigError("--version must be a positive integer")
+        if self.eval_retrieval is not None and self.docs is None:
+            raise ConfigError("--eval-retrieval calibrates on the prebuilt index: give --docs MANUALS too")
 
 
 class Steps:

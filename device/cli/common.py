@@ -14,6 +14,7 @@ from phibox.device.installed import InstalledBundle, default_bundle_dir, default
 from phibox.device.lifecycle.state import StateDir
 from phibox.device.observe import NullObserver
 from phibox.device.rag.embedder import OnnxEmbedder
+from phibox.device.rag.relevance import calibration_for
 from phibox.device.runtime.slot import ModelSlot
 from phibox.device.runtime.worker import GenerationWorker
 
@@ -45,6 +46,7 @@ def start_engine(bundle: InstalledBundle, documents: Documents, cfg: EngineConfi
     slot = ModelSlot()
     worker = GenerationWorker(slot, queue_size=1, observer=NullObserver())
     engine = Engine(documents, slot, worker, cfg, NullObserver(), load_embedder(bundle, cfg))
+    engine.relevance = calibration_for(bundle.root, engine.embedder.spec)
     if with_model:
         slot.replace(load_backend(bundle, cfg, backend))
         worker.start()

@@ -30,7 +30,7 @@ import numpy as np
 
 from phibox.device.errors import DatabaseError
 from phibox.device.faults import pause_at
-from phibox.device.rag import db
+from phibox.device.rag import cjk, db
 from phibox.device.rag.bitscan import BitScan
 from phibox.device.rag.embedder import EmbedderSpec
 
@@ -76,6 +76,10 @@ def _m1_initial(conn: db.Connection) -> None:
     )
 
 
+CJK_FTS = "chunk_cjk"
+"""FTS5 table of the chunks' CJK character bigrams (schema 3), rowid = chunk id."""
+
+
 def _create_vectors(conn: db.Connection, table: str, dim: int) -> None:
     """A generation of vectors: the vec0 table of sign bits and the plain table of floats."""
     if dim % 8 == 0:
@@ -113,7 +117,23 @@ def _m2_coarse_bits(conn: db.Connection) -> None:
     conn.execute(f"DROP TABLE {old}")
 
 
-MIGRATIONS: list[Callable[[db.Connection], None]] = [_m1_initial, _m2_coarse_bits]
+def _m3_cjk_bigrams(conn: db.Connection) -> None:
+    """A keyword index of the chunks' CJK text as character bigrams (cjk.py says why not trigram):
+    a Chinese question finds Chinese manual text. Filled from the chunks already there."""
+    conn.execute(f"CREATE VIRTUAL TABLE {CJK_FTS} USING fts5(grams, tokenize = 'unicode61')")
+    rows = conn.execute("SELECT c.id, d.title, c.heading, c.text FROM chunks c "
+                        "JOIN documents d ON d.id = c.document_id").fetchall()
+    for cid, title, heading, text in rows:
+        _insert_grams(conn, int(cid), " > ".join(p for p in (title, heading) if p), text)
+
+
+def _insert_grams(conn: db.Connection, chunk_id: int, heading: str, text: str) -> None:
+    grams = cjk.gram_text(f"{heading}\n{text}")
+    if grams:  # only chunks with CJK text get a row
+        conn.execute(f"INSERT INTO {CJK_FTS}(rowid, grams) VALUES (?, ?)", (chunk_id, grams))
+
+
+MIGRATIONS: list[Callable[[db.Connection], None]] = [_m1_initial, _m2_coarse_bits, _m3_cjk_bigrams]
 """Migration n (1-based) brings the schema from version n-1 to n. Append; never edit."""
 
 
@@ -301,6 +321,10 @@ class DocumentStore:
         for key, value in values.items():
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
+    def has_cjk_index(self) -> bool:
+        """False for a database of schema < 3 opened read-only (an older bundle's index)."""
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (CJK_FTS,)).fetchone() is not None
+
     def check_embedder(self, spec: EmbedderSpec) -> None:
         """Before a query: the vectors must come from spec's embedder."""
         current = self.embedder()
@@ -330,8 +354,10 @@ class DocumentStore:
                 cid = self.conn.execute(
                     "INSERT INTO chunks(document_id, position, heading, page, text, tokens) VALUES (?, ?, ?, ?, ?, ?)",
                     (doc_id, position, chunk.heading, chunk.page, chunk.text, chunk.tokens)).lastrowid
+                heading = " > ".join(p for p in (title, chunk.heading) if p)
                 self.conn.execute("INSERT INTO chunk_fts(rowid, text, heading) VALUES (?, ?, ?)",
-                                  (cid, chunk.text, " > ".join(p for p in (title, chunk.heading) if p)))
+                                  (cid, chunk.text, heading))
+                _insert_grams(self.conn, int(cid), heading, chunk.text)
                 _insert_vector(self.conn, vec, cid, pack(vector), len(vector))
             pause_at("ingest")
             return doc_id
@@ -347,6 +373,7 @@ class DocumentStore:
             "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.path = ?", (path,))]
         for cid in ids:
             self.conn.execute("DELETE FROM chunk_fts WHERE rowid = ?", (cid,))
+            self.conn.execute(f"DELETE FROM {CJK_FTS} WHERE rowid = ?", (cid,))
             if vec is not None:
                 self.conn.execute(f"DELETE FROM {vec} WHERE rowid = ?", (cid,))
                 self.conn.execute(f"DELETE FROM {vec}_float WHERE id = ?", (cid,))

@@ -2,8 +2,11 @@
 
 Extensions: ``min_tokens`` (as in vLLM: no end of turn before that many tokens) and ``rag``.
 Two model ids: ``phibox-<bundle>`` answers from the manuals (RAG: the last user message is the
-question; citations come back in an extra ``citations`` field) and ``phibox-<bundle>-norag`` runs
-the chat as given. A request may also say ``"rag": false``. Errors use OpenAI's error format.
+question; citations come back in an extra ``citations`` field, the passages in ``passages`` and
+``covered``: false when the manuals do not cover the question, the message is then the not-covered
+text, no model ran, usage counts no completion tokens and the passages are only the closest ones)
+and ``phibox-<bundle>-norag`` runs the chat as given. A request may also say ``"rag": false``.
+Errors use OpenAI's error format.
 
 Bounded for a plant LAN: a key from `phibox admin new-api-key` (required when the server listens
 beyond loopback, see ServeConfig.api_keys); max_tokens and min_tokens up to `max_api_tokens`; a
@@ -239,6 +242,7 @@ def _completion(req: dict[str, Any], answer: Answer, prompt_tokens: int) -> dict
                   "total_tokens": prompt_tokens + completion_tokens},
         "citations": [passage_json(n, answer.passages[n - 1]) for n in answer.cited],
         "passages": passages_json(answer.passages),
+        "covered": answer.covered,
         "cached": answer.cached,
     }
 
@@ -263,5 +267,5 @@ def _stream(req: dict[str, Any], answering: Answering):
             answer: Answer = event.data
             cited = [passage_json(n, answer.passages[n - 1]) for n in answer.cited]
             yield _chunk(cid, model, {}, _finish(answer), citations=cited, passages=passages_json(answer.passages),
-                         cached=answer.cached)
+                         covered=answer.covered, cached=answer.cached)
     yield "data: [DONE]\n\n"

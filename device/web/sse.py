@@ -40,12 +40,14 @@ def done_json(answer: Answer) -> dict[str, Any]:
 
 
 def kiosk_stream(answering: Answering) -> Iterator[str]:
-    """The kiosk's answer stream: passages, token…, done (or error)."""
+    """The kiosk's answer stream: passages, token…, done (or error). The passages event says
+    ``covered``: false means the manuals do not cover the question and the passages are only the
+    closest ones ("closest, probably not it"); the not-covered text follows, no model answer."""
     for event in answering.events(keepalive_s=1.0):
         if event.kind == "waiting":
             yield KEEPALIVE
         elif event.kind == "passages":
-            yield sse("passages", {"passages": passages_json(event.data),
+            yield sse("passages", {"passages": passages_json(event.data), "covered": answering.covered,
                                    "retrieval_ms": answering.timings.retrieval_ms})
         elif event.kind == "token":
             yield sse("token", {"text": event.data})

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"longest text the device embeds (default: the model's limit, at most {MAX_TOKENS})")
     parser.add_argument("--docs", type=Path, default=None,
                         help="folder of manuals to index into a prebuilt documents database in the bundle")
+    parser.add_argument("--eval-retrieval", type=Path, default=None, metavar="EVAL.jsonl",
+                        help="questions over --docs (some with \"document\": null) to calibrate the relevance "
+                             "decision on; shipped as retrieval/relevance.json")
     parser.add_argument("--parity-prompts", type=Path, default=None,
                         help='JSONL of {"prompt": ...} or {"messages": ...} lines (default: built-in prompts)')
     parser.add_argument("--min-top1", type=float, default=Thresholds.min_top1, help="gate: top-1 agreement at least")
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()), quant=args.quant,
         onnx_block_size=args.onnx_block_size, onnx_accuracy_level=args.onnx_accuracy_level,
         embedder_dir=args.embedder, embedder=embedder_options(args), parity_prompts=args.parity_prompts, docs=args.docs,
+        eval_retrieval=args.eval_retrieval,
         thresholds=Thresholds(min_top1=args.min_top1, max_kl=args.max_kl),
     )
     out = export_bundle(args.merged, args.key, args.out, cfg)
