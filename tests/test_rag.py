@@ -109,7 +109,7 @@ def test_part_numbers_and_fault_codes_are_found_by_keyword(store, embedder) -> N
         hits = search(store, embedder, query, EngineConfig()).hits
         assert hits and expected in hits[0].text and hits[0].bm25 is not None, query
     hit = search(store, embedder, "4711-23", EngineConfig()).hits[0]
-    assert hit.similarity is None or hit.similarity < EngineConfig().min_similarity  # vectors alone would miss it
+    assert hit.similarity is None or hit.similarity < embedder.spec.similarity_floor  # vectors alone would miss it
 
 
 def test_search_command_prints_source_first_and_json(indexed: Path, tiny_bundle_dir: Path, capsys) -> None:
@@ -121,12 +121,12 @@ def test_search_command_prints_source_first_and_json(indexed: Path, tiny_bundle_
     assert '"source": "press.md"' in capsys.readouterr().out
 
 
-def test_unrelated_question_gets_no_passages_and_no_invented_answer(indexed, embedder) -> None:
+def test_unrelated_question_gets_only_the_closest_passages_and_no_invented_answer(indexed, embedder) -> None:
     with engine_for(indexed, embedder, None, EngineConfig()) as engine:  # no model: it must not be needed
         events = ask(engine, "Who won the football world cup in 1954?")
     assert [e.kind for e in events] == ["passages", "token", "done"]
-    assert events[0].data == [] and events[1].data == NOT_COVERED
-    assert events[2].data.covered is False
+    assert events[0].data and events[1].data == NOT_COVERED  # the closest passages, "probably not it"
+    assert events[2].data.covered is False and events[2].data.passages == events[0].data
     assert fts_query("What is the capital of France?") == '"capital" OR "france"'
 
 

@@ -154,7 +154,10 @@ def test_not_covered_questions_answer_without_the_model(server) -> None:
     _, port = server
     _, _, raw = post(port, "/api/ask", {"question": "Who won the football world cup in 1954?"})
     events = sse_events(raw)
-    assert events[0][1]["passages"] == [] and events[-1][1]["covered"] is False
+    assert events[0][1]["covered"] is False and events[0][1]["passages"], "the closest passages, marked as such"
+    assert [k for k, _ in events] == ["passages", "token", "done"] and events[-1][1]["covered"] is False
+    _, _, body = get(port, "/api/search?q=Who+won+the+football+world+cup+in+1954%3F")
+    assert json.loads(body)["covered"] is False
 
 
 def test_bad_input_gets_clear_errors_and_the_server_keeps_serving(server) -> None:

@@ -94,7 +94,7 @@ def test_an_index_from_before_the_bits_is_searched_read_only_and_migrated_on_wri
     reader.close()
 
     writer = DocumentStore.open(path)  # the first write migrates: every vector kept, bits added
-    assert writer.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert writer.conn.execute("PRAGMA user_version").fetchone()[0] >= 2
     assert writer.vec_table() != "chunk_vec" and writer.counts()["vectors"] == 500
     assert "chunk_vec" not in {r[0] for r in writer.conn.execute("SELECT name FROM sqlite_master")}
     assert [cid for cid, _ in writer.nearest(questions[0], 10)] == want
@@ -119,3 +119,32 @@ def test_an_empty_index_finds_nothing_and_then_what_is_added(tmp_path: Path) -> 
     store.replace_document("/m/a.md", "a.md", "t", "-", "-", [ChunkRow("", None, f"c{i}", 1) for i in range(3)],
                            vectors)
     assert sorted(cid for cid, _ in store.nearest(questions[0], 5)) == [1, 2, 3]
+
+
+def test_a_schema_2_database_gets_the_cjk_index_in_place_and_chinese_questions_find_its_text(tmp_path: Path) -> None:
+    from phibox.device.config import EngineConfig
+    from phibox.device.rag.retrieve import search
+    from phibox.device.rag.store import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = db.connect(path)
+    for version, migration in enumerate(MIGRATIONS[:2], start=1):  # what phibox wrote before schema 3
+        migration(conn)
+        conn.execute(f"PRAGMA user_version = {version}")
+    conn.execute("INSERT INTO documents VALUES (1, '/m/zh.md', 'zh.md', '液压机', '-', 1, '-')")
+    text = "液压压力低于180巴时，压机停止并显示E42。首先检查油箱的油位。"
+    conn.execute("INSERT INTO chunks VALUES (1, 1, 0, '故障', NULL, ?, 20)", (text,))
+    conn.execute("INSERT INTO chunk_fts(rowid, text, heading) VALUES (1, ?, '液压机 > 故障')", (text,))
+    conn.commit()
+    conn.close()
+    old = DocumentStore.open(path, readonly=True)  # an older bundle's index, read as it is
+    assert not old.has_cjk_index() and search(old, None, "压力低", EngineConfig(), keyword_only=True).hits == []
+    old.close()
+    store = DocumentStore.open(path)
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 3 and store.has_cjk_index()
+    hits = search(store, None, "压力低怎么办", EngineConfig(), keyword_only=True).hits
+    assert [h.source for h in hits] == ["zh.md"]
+    assert search(store, None, "E42 检查油位", EngineConfig(), keyword_only=True).hits[0].source == "zh.md"
+    store.delete_document("/m/zh.md")
+    assert store.conn.execute("SELECT count(*) FROM chunk_cjk").fetchone()[0] == 0
+    store.close()
