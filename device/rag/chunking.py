@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from itertools import islice
 from typing import NamedTuple
 
 from phibox.device.rag.markdown import Block
@@ -77,9 +78,19 @@ def _units(block: Block, count: Count, max_tokens: int, overlap: int) -> list[_U
     for paragraph in (p.strip() for p in re.split(r"\n\s*\n", text)):
         if not paragraph:
             continue
-        sentences = [(paragraph, "")] if count(paragraph) <= room else _runs(paragraph, count, 0, _SENTENCE)
+        sentences = [(paragraph, "")] if count(paragraph) <= room else _split(paragraph, _SENTENCE)
         out.extend(_Unit(p, count(p), "prose", glue or "\n\n") for p, glue in _finer(sentences, count, room, _WORD))
     return out
+
+
+def _split(text: str, boundary: re.Pattern[str]) -> list[tuple[str, str]]:
+    """(piece, the source's separator before it) at every boundary."""
+    pieces, start, glue = [], 0, ""
+    for match in boundary.finditer(text):
+        if match.start() > start:
+            pieces.append((text[start:match.start()], glue))
+            start, glue = match.end(), match.group()
+    return [*pieces, (text[start:], glue)]
 
 
 def _finer(pieces: list[tuple[str, str]], count: Count, limit: int,
@@ -98,14 +109,14 @@ def _finer(pieces: list[tuple[str, str]], count: Count, limit: int,
 def _runs(text: str, count: Count, limit: int, boundary: re.Pattern[str]) -> list[tuple[str, str]]:
     """(piece, the source's separator before it): the longest prefixes of text that end at a
     boundary and fit limit tokens, in order; a prefix with no boundary that fits comes back whole
-    (a single long word or line; limit 0 cuts at every boundary)."""
+    (a single long word or line)."""
     runs: list[tuple[str, str]] = []
-    glue = ""
+    glue, most = "", 2 * limit + 16  # a piece of limit tokens holds fewer words or lines: look no further
     while text:
-        if count(text) <= limit:
+        cuts = [(m.start(), m.end()) for m in islice(boundary.finditer(text, 1), most)]
+        if len(cuts) < most and count(text) <= limit:
             runs.append((text, glue))
             break
-        cuts = [(m.start(), m.end()) for m in boundary.finditer(text) if m.start() > 0]
         lo, hi = 0, len(cuts)  # cuts[:lo] fit; find the last cut whose prefix fits
         while lo < hi:
             mid = (lo + hi + 1) // 2
