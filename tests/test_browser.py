@@ -221,3 +221,52 @@ def test_admin_login_upload_and_rollback(kiosk, browser) -> None:
     wait_for(lambda: browser.find_element(By.ID, "active-version").text == "3")
     assert kiosk["state"].active_version() == 3
     browser.save_screenshot(str(ARTIFACTS / "browser-admin-rollback.png"))
+
+
+FONT_WIDTHS = """const c = document.createElement('canvas').getContext('2d');
+const width = (font) => { c.font = font; return c.measureText('mmmmiiii 简体中文').width; };
+return [width('40px monospace'), width('40px "Noto Sans CJK SC", monospace')];"""
+"""Text widths with and without the CJK font named first: they differ only when Chromium has that font."""
+
+
+@pytest.mark.parametrize(("code", "labels"), [
+    ("pl", {"go": "Zapytaj", "title": "Zapytaj instrukcje", "passages": "Fragmenty z instrukcji",
+            "history": "Ostatnie pytania"}),
+    ("zh-Hans", {"go": "提问", "title": "查询手册", "passages": "手册中的段落", "history": "最近的问题"}),
+])
+def test_the_page_in_another_language(kiosk, browser, code: str, labels: dict[str, str]) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    browser.get(kiosk["url"] + "/")
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en"  # headless Chromium: en-US
+    browser.find_element(By.CSS_SELECTOR, f'#languages a[hreflang="{code}"]').click()
+    wait_for(lambda: browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == code)
+    ask(browser, kiosk["url"], "E42 press hydraulic pressure?")  # a new page load: the choice stuck
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == code
+    assert browser.find_element(By.ID, "go").text == labels["go"]
+    assert browser.find_element(By.TAG_NAME, "h1").text == labels["title"]
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#passages li"))
+    wait_for(lambda: browser.find_element(By.ID, "timings").text or browser.find_element(By.ID, "error").text)
+    assert browser.find_element(By.ID, "passages-title").text in (labels["passages"], {
+        "pl": "Najbliższe fragmenty — raczej nie to", "zh-Hans": "最接近的段落——可能不是答案"}[code])
+    assert labels["history"] in browser.find_element(By.TAG_NAME, "aside").text
+    current = browser.find_element(By.CSS_SELECTOR, "#languages a.current")
+    assert current.get_attribute("hreflang") == code and current.size["height"] >= 44  # touch-sized
+    browser.save_screenshot(str(ARTIFACTS / f"kiosk-{code}.png"))
+    browser.get(kiosk["url"] + "/?lang=en")  # leave the browser as the other tests expect it
+    browser.delete_all_cookies()
+
+
+def test_a_chinese_page_has_a_cjk_font(kiosk, browser) -> None:
+    fc_match = shutil.which("fc-match")
+    found = subprocess.run([fc_match, "Noto Sans CJK SC"], capture_output=True, text=True).stdout if fc_match else ""
+    if "Noto Sans CJK" not in found:
+        pytest.skip("Noto Sans CJK SC is not installed: apt-get install fonts-noto-cjk (make system-deps does it)")
+    browser.get(kiosk["url"] + "/?lang=zh-Hans")
+    family = browser.execute_script("return getComputedStyle(document.body).fontFamily;")
+    assert family.startswith('"Noto Sans CJK SC"')
+    plain, cjk = browser.execute_script(FONT_WIDTHS)
+    assert plain != cjk, "Chromium does not use Noto Sans CJK SC: Chinese text may show as boxes"
+    browser.get(kiosk["url"] + "/?lang=en")
+    browser.delete_all_cookies()
