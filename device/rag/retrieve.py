@@ -108,8 +108,12 @@ def _search(store: DocumentStore, embedder: OnnxEmbedder | None, question: str, 
     fused: dict[int, float] = {}
     for weight, rows in ((cfg.vector_weight, vec_rows), *((cfg.keyword_weight, k) for k in keyword_lists)):
         for rank, (rowid, _) in enumerate(rows, start=1):
+            if rows is vec_rows and similarity[int(rowid)] < calibration.cosine_floor:
+                continue  # below the embedder's floor a vector rank is noise: keywords decide the order
             fused[int(rowid)] = fused.get(int(rowid), 0.0) + weight / (cfg.rrf_k + rank)
     ranked = sorted(fused.items(), key=lambda kv: kv[1], reverse=True)
+    if not ranked:  # nothing reaches the floor and no keyword matched: still show the closest ones
+        ranked = [(int(r), cfg.vector_weight / (cfg.rrf_k + i)) for i, (r, _) in enumerate(vec_rows, start=1)]
     if not ranked:
         return [], relevance.NOTHING
     top = [cid for cid, _ in ranked[: relevance.TOP]]
