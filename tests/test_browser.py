@@ -43,7 +43,7 @@ def kiosk(lifecycle_files, admin_keys, tiny_bundle_dir: Path, tmp_path_factory):
     shutil.copy(admin_keys[1], state.keys / "admin.pub")
     installer.install(lifecycle_files["v3"], state)
     corpus = write_corpus(root.parent / "manuals")
-    (corpus / "guard.md").write_text(HOSTILE)
+    (corpus / "guard.txt").write_text(HOSTILE)  # plain text: every character reaches the page
     store = DocumentStore.open(state.db)
     ingest([corpus], store, OnnxEmbedder(tiny_bundle_dir / "embedder"), EngineConfig(), progress=False)
     store.close()

@@ -68,7 +68,7 @@ def sse_events(raw: bytes) -> list[tuple[str, dict]]:
 def docs_db(tiny_bundle_dir: Path, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("serve")
     corpus = write_corpus(folder / "manuals")
-    (corpus / "guard.md").write_text(XSS_DOC)
+    (corpus / "guard.txt").write_text(XSS_DOC)  # plain text: the markup reaches the page as data
     store = DocumentStore.open(folder / "docs.db")
     ingest([corpus], store, OnnxEmbedder(tiny_bundle_dir / "embedder"), EngineConfig(), progress=False)
     store.close()
