@@ -11,6 +11,10 @@ CJK analyzer. A run of one character stays a unigram.
 from __future__ import annotations
 
 import re
+from typing import Any
+
+TABLE = "chunk_cjk"
+"""FTS5 table of the chunks' CJK character bigrams (schema 3), rowid = chunk id."""
 
 _CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
 
@@ -37,3 +41,19 @@ def bigrams(text: str) -> list[str]:
 def gram_text(text: str) -> str:
     """What the CJK index holds for a chunk: all its bigrams, separated by spaces ("" without CJK)."""
     return " ".join(_grams(text))
+
+
+def create_index(conn: Any) -> None:
+    """The CJK bigram table, filled from the chunks already in the database (store migration 3)."""
+    conn.execute(f"CREATE VIRTUAL TABLE {TABLE} USING fts5(grams, tokenize = 'unicode61')")
+    rows = conn.execute("SELECT c.id, d.title, c.heading, c.text FROM chunks c "
+                        "JOIN documents d ON d.id = c.document_id").fetchall()
+    for cid, title, heading, text in rows:
+        index_chunk(conn, int(cid), " > ".join(p for p in (title, heading) if p), text)
+
+
+def index_chunk(conn: Any, chunk_id: int, heading: str, text: str) -> None:
+    """A chunk's row in the CJK index; only chunks with CJK text get one."""
+    grams = gram_text(f"{heading}\n{text}")
+    if grams:
+        conn.execute(f"INSERT INTO {TABLE}(rowid, grams) VALUES (?, ?)", (chunk_id, grams))

@@ -76,8 +76,7 @@ def _m1_initial(conn: db.Connection) -> None:
     )
 
 
-CJK_FTS = "chunk_cjk"
-"""FTS5 table of the chunks' CJK character bigrams (schema 3), rowid = chunk id."""
+CJK_FTS = cjk.TABLE
 
 
 def _create_vectors(conn: db.Connection, table: str, dim: int) -> None:
@@ -119,18 +118,8 @@ def _m2_coarse_bits(conn: db.Connection) -> None:
 
 def _m3_cjk_bigrams(conn: db.Connection) -> None:
     """A keyword index of the chunks' CJK text as character bigrams (cjk.py says why not trigram):
-    a Chinese question finds Chinese manual text. Filled from the chunks already there."""
-    conn.execute(f"CREATE VIRTUAL TABLE {CJK_FTS} USING fts5(grams, tokenize = 'unicode61')")
-    rows = conn.execute("SELECT c.id, d.title, c.heading, c.text FROM chunks c "
-                        "JOIN documents d ON d.id = c.document_id").fetchall()
-    for cid, title, heading, text in rows:
-        _insert_grams(conn, int(cid), " > ".join(p for p in (title, heading) if p), text)
-
-
-def _insert_grams(conn: db.Connection, chunk_id: int, heading: str, text: str) -> None:
-    grams = cjk.gram_text(f"{heading}\n{text}")
-    if grams:  # only chunks with CJK text get a row
-        conn.execute(f"INSERT INTO {CJK_FTS}(rowid, grams) VALUES (?, ?)", (chunk_id, grams))
+    a Chinese question finds Chinese manual text."""
+    cjk.create_index(conn)
 
 
 MIGRATIONS: list[Callable[[db.Connection], None]] = [_m1_initial, _m2_coarse_bits, _m3_cjk_bigrams]
@@ -357,7 +346,7 @@ class DocumentStore:
                 heading = " > ".join(p for p in (title, chunk.heading) if p)
                 self.conn.execute("INSERT INTO chunk_fts(rowid, text, heading) VALUES (?, ?, ?)",
                                   (cid, chunk.text, heading))
-                _insert_grams(self.conn, int(cid), heading, chunk.text)
+                cjk.index_chunk(self.conn, int(cid), heading, chunk.text)
                 _insert_vector(self.conn, vec, cid, pack(vector), len(vector))
             pause_at("ingest")
             return doc_id
