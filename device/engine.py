@@ -24,7 +24,7 @@ from phibox.device.config import EngineConfig
 from phibox.device.documents import Documents
 from phibox.device.errors import PhiboxError
 from phibox.device.observe import Observer
-from phibox.device.prompt import render_chat
+from phibox.device.prompt import NOT_COVERED, render_chat
 from phibox.device.rag.budget import fit_prompt
 from phibox.device.rag.embedder import OnnxEmbedder
 from phibox.device.rag.relevance import Calibration
@@ -34,7 +34,6 @@ from phibox.device.runtime.backend import ContextOverflowError, UnsupportedOptio
 from phibox.device.runtime.slot import ModelSlot, NoModelError
 from phibox.device.runtime.worker import GenerationWorker, GenStats, Job, QueueFullError
 
-NOT_COVERED = "The manuals on this device do not cover that question. Try other words, or ask a colleague."
 NO_MANUALS = ("No manuals are indexed on this device yet, so there is nothing to answer from. An admin adds them "
               "in /admin or with `phibox ingest`.")
 _CITE = re.compile(r"\[(\d+)\]")

@@ -21,6 +21,10 @@ SYSTEM_RULES = (
 """The system message: answer only from the passages, cite them as [n], say when they don't help,
 answer in the question's language (a Polish question over English manuals gets a Polish answer)."""
 
+NOT_COVERED = "The manuals on this device do not cover that question. Try other words, or ask a colleague."
+"""The answer when the manuals do not cover a question: the device says it without asking the model,
+and "not covered" training examples (from technicians' feedback) teach the model to say it too."""
+
 NO_PASSAGES = "(No passages from the manuals matched this question.)"
 """Stands in the passage block when retrieval found nothing, so the model says it doesn't know."""
 
