@@ -112,3 +112,46 @@ def test_config_validation_and_toml_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((ROOT / "train" / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path: Path) -> None:
     assert load_config(path).target_modules
+
+
+def _feedback_row(question: str, answer: str, reviewed: bool, not_covered: bool = False) -> dict:
+    """A line as `phibox feedback export` writes it."""
+    return {"question": question, "answer": answer,
+            "context": [{"source": "press.md", "heading": "E42", "page": None, "text": "E42: oil low."}],
+            "feedback": {"id": 7, "bundle": "plant7", "version": 3, "rating": "not_helpful", "reviewed": reviewed,
+                         "not_covered": not_covered, "answer_passages": [1], "created_at": "2025-01-02T03:04:05Z"}}
+
+
+def test_feedback_lines_load_unchanged_and_several_files_are_counted(tmp_path: Path) -> None:
+    from phibox.device.prompt import NOT_COVERED
+    from phibox.train.data import load_many
+    from phibox.train.report import data_lines
+
+    base = write_jsonl(tmp_path / "base.jsonl", [{"question": "Torque?", "answer": "45 Nm."},
+                                                 {"question": "Oil?", "answer": "ISO VG 46."}])
+    fb = write_jsonl(tmp_path / "kiosk.jsonl", [
+        _feedback_row("E42?", "Check the oil [1].", reviewed=True),
+        _feedback_row("Wifi password?", NOT_COVERED, reviewed=True, not_covered=True),
+        _feedback_row("E43?", "Check RV-3 [1].", reviewed=False),
+    ])
+    plain = load_examples(fb)
+    assert [e.kind for e in plain.examples] == ["rag"] * 3
+    assert all("feedback" not in m["content"] and "bundle" not in m["content"] for e in plain.examples
+               for m in e.messages), "provenance is never rendered into the prompt"
+    data = load_many([base, fb])
+    assert len(data.examples) == 5 and data.examples[0].source == base and data.examples[4].line == 3
+    assert data.feedback_counts() == {"examples": 5, "feedback": 3, "feedback_reviewed": 2,
+                                      "feedback_unreviewed": 1, "not_covered": 1}
+    assert [(f["file"], f["examples"], f["feedback"]) for f in data.files] == [("base.jsonl", 2, 0),
+                                                                              ("kiosk.jsonl", 3, 3)]
+    assert load_many([base]).sha256 == load_examples(base).sha256, "one file keeps its own hash (runs resume)"
+    assert load_many([base, fb]).sha256 == data.sha256 != load_many([fb, base]).sha256, "hash follows file order"
+    report = "\n".join(data_lines({"by_file": data.files, "feedback": data.feedback_counts()}))
+    assert "| kiosk.jsonl | 3 | 3 | 2 | 1 | 1 | 0 |" in report
+    assert "from kiosk feedback: 3 of 5 examples (2 reviewed" in report
+
+
+def test_malformed_feedback_provenance_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "fb.jsonl", [{"question": "Q?", "answer": "A.", "feedback": "yes"}])
+    with pytest.raises(DataError, match=r"fb.jsonl:1: \"feedback\" must be an object"):
+        load_examples(path)

@@ -5,6 +5,9 @@ Each line is one of:
 - ``{"question": ..., "answer": ...}``
 - ``{"question": ..., "answer": ..., "context": [{"source": ..., "text": ...}, ...]}`` — rendered
   with the device's own RAG prompt, so the model learns the format it meets on the kiosk.
+Any line may carry ``"feedback": {"reviewed": bool, "not_covered": bool, ...}`` (what
+`phibox feedback export` writes): provenance only, counted in the report, never rendered.
+Several files load as one set (``load_many``); the data hash covers them all, in order.
 Problems are reported as ``file:line: problem``; nothing trains on a half-valid file unless the
 caller asks to skip invalid lines.
 """
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from phibox.device.errors import PhiboxError
-from phibox.device.prompt import ROLES, Passage, assistant_spans, build_messages, render_chat
+from phibox.device.prompt import NOT_COVERED, ROLES, Passage, assistant_spans, build_messages, render_chat
 
 IGNORE_INDEX = -100
 
@@ -37,6 +40,12 @@ class Example:
     line: int
     kind: str
     """messages, qa or rag."""
+    source: Path | None = None
+    """The file the line came from."""
+    feedback: str = ""
+    """"" (not from the kiosk), "reviewed" or "unreviewed": the line's feedback provenance."""
+    refusal: bool = False
+    """The answer is the device's "not covered" refusal."""
 
     @property
     def question(self) -> str:
@@ -55,6 +64,31 @@ class LoadedData:
     examples: list[Example]
     skipped: list[str] = field(default_factory=list)
     sha256: str = ""
+    files: list[dict[str, Any]] = field(default_factory=list)
+    """Per file, in order: name, sha256, examples, skipped and the feedback counts (see ``counts``)."""
+
+    def feedback_counts(self) -> dict[str, int]:
+        """Examples from kiosk feedback: all, reviewed, unreviewed, and "not covered" refusals overall."""
+        return counts(self.examples)
+
+
+def counts(examples: Sequence[Example]) -> dict[str, int]:
+    fb = [e for e in examples if e.feedback]
+    return {"examples": len(examples), "feedback": len(fb),
+            "feedback_reviewed": sum(e.feedback == "reviewed" for e in fb),
+            "feedback_unreviewed": sum(e.feedback == "unreviewed" for e in fb),
+            "not_covered": sum(e.refusal for e in examples)}
+
+
+def provenance(obj: dict[str, Any], answer: str) -> tuple[str, bool]:
+    """(feedback kind, refusal) of a parsed line; raises ValueError on a malformed "feedback"."""
+    refusal = answer.strip() == NOT_COVERED
+    if "feedback" not in obj:
+        return "", refusal
+    fb = obj["feedback"]
+    if not isinstance(fb, dict) or not isinstance(fb.get("reviewed", False), bool):
+        raise ValueError('"feedback" must be an object with a boolean "reviewed" (as `phibox feedback export` writes)')
+    return ("reviewed" if fb.get("reviewed") else "unreviewed"), refusal or fb.get("not_covered") is True
 
 
 def parse_line(obj: Any) -> tuple[list[dict[str, str]], str]:
@@ -99,6 +133,19 @@ def _parse_messages(raw: Any) -> list[dict[str, str]]:
     return messages
 
 
+def load_many(paths: Sequence[Path], skip_invalid: bool = False) -> LoadedData:
+    """Several files as one set, in the order given. One file keeps its own sha256; several hash
+    their sha256s in order, so the same files in the same order are the same data."""
+    if not paths:
+        raise DataError("no training data: pass --data FILE (several --data files are read in order)")
+    parts = [load_examples(p, skip_invalid) for p in paths]
+    if len(parts) == 1:
+        return parts[0]
+    digest = hashlib.sha256("\n".join(p.sha256 for p in parts).encode()).hexdigest()
+    return LoadedData([e for p in parts for e in p.examples], [s for p in parts for s in p.skipped], digest,
+                      [f for p in parts for f in p.files])
+
+
 def load_examples(path: Path, skip_invalid: bool = False) -> LoadedData:
     """Read and validate every line; raise DataError listing the bad lines unless skipping."""
     try:
@@ -110,13 +157,17 @@ def load_examples(path: Path, skip_invalid: bool = False) -> LoadedData:
         if not line.strip():
             continue
         try:
-            messages, kind = parse_line(json.loads(line))
-            examples.append(Example(tuple(messages), number, kind))
+            obj = json.loads(line)
+            messages, kind = parse_line(obj)
+            fb, refusal = provenance(obj, messages[-1]["content"])
+            examples.append(Example(tuple(messages), number, kind, path, fb, refusal))
         except json.JSONDecodeError as exc:
             problems.append(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})")
         except ValueError as exc:
             problems.append(f"{path}:{number}: {exc}")
-    data = LoadedData(examples, problems, hashlib.sha256(raw).hexdigest())
+    sha = hashlib.sha256(raw).hexdigest()
+    data = LoadedData(examples, problems, sha,
+                      [{"file": path.name, "sha256": sha, **counts(examples), "skipped": len(problems)}])
     check_problems(data, skip_invalid)
     if not examples:
         raise DataError(f"{path}: no usable examples")
@@ -162,9 +213,10 @@ def tokenize_all(
     for ex in examples:
         tok = tokenize_example(tokenizer, ex)
         if len(tok.input_ids) > max_seq_len:
-            problems.append(f"{source}:{ex.line}: {len(tok.input_ids)} tokens, longer than max_seq_len {max_seq_len}")
+            problems.append(f"{ex.source or source}:{ex.line}: {len(tok.input_ids)} tokens, "
+                            f"longer than max_seq_len {max_seq_len}")
         elif tok.trained_tokens == 0:
-            problems.append(f"{source}:{ex.line}: the answer vanished in tokenization")
+            problems.append(f"{ex.source or source}:{ex.line}: the answer vanished in tokenization")
         else:
             out.append(tok)
             kept.append(ex)

@@ -17,6 +17,7 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from phibox.device.provenance import code_revision, utc_now
 from phibox.train import checkpoint
 from phibox.train.batches import collate, eval_loss, micro_batch_indices, steps_per_epoch
 from phibox.train.config import TrainConfig
-from phibox.train.data import Example, LoadedData, Tokenized, load_examples, split, tokenize_all
+from phibox.train.data import Example, LoadedData, Tokenized, load_examples, load_many, split, tokenize_all
 from phibox.train.model import attach_lora, load_base, lora_counts, resume_lora
 
 
@@ -52,32 +53,47 @@ class Prepared:
     skipped: list[str]
 
 
-def prepare_data(tokenizer: Any, data_path: Path, cfg: TrainConfig, skip_invalid: bool,
+def data_paths(data: Path | Sequence[Path]) -> list[Path]:
+    """One --data file or several, in order."""
+    return [data] if isinstance(data, Path) else list(data)
+
+
+def prepare_data(tokenizer: Any, data: Path | Sequence[Path], cfg: TrainConfig, skip_invalid: bool,
                  eval_path: Path | None) -> Prepared:
-    """Load, validate, split and tokenize; every problem names file:line."""
-    data = load_examples(data_path, skip_invalid)
+    """Load (several files as one set), validate, split and tokenize; every problem names file:line."""
+    paths = data_paths(data)
+    loaded = load_many(paths, skip_invalid)
     if eval_path is not None:
-        train_ex, eval_ex = data.examples, load_examples(eval_path, skip_invalid).examples
+        train_ex, eval_ex = loaded.examples, load_examples(eval_path, skip_invalid).examples
     else:
-        train_ex, eval_ex = split(data.examples, cfg.eval_fraction, cfg.seed)
-    train_tok, _, p1 = tokenize_all(tokenizer, train_ex, cfg.max_seq_len, data_path, skip_invalid)
-    eval_tok, eval_kept, p2 = tokenize_all(tokenizer, eval_ex, cfg.max_seq_len, eval_path or data_path, skip_invalid)
+        train_ex, eval_ex = split(loaded.examples, cfg.eval_fraction, cfg.seed)
+    train_tok, _, p1 = tokenize_all(tokenizer, train_ex, cfg.max_seq_len, paths[0], skip_invalid)
+    eval_tok, eval_kept, p2 = tokenize_all(tokenizer, eval_ex, cfg.max_seq_len, eval_path or paths[0], skip_invalid)
     if not train_tok or not eval_tok:
         raise ConfigError("nothing left to train or evaluate on after skipping invalid examples")
-    return Prepared(train_tok, eval_tok, eval_kept, data, data.skipped + p1 + p2)
+    return Prepared(train_tok, eval_tok, eval_kept, loaded, loaded.skipped + p1 + p2)
 
 
-def run_identity(base_dir: Path, data_path: Path, cfg: TrainConfig, prep: Prepared) -> dict[str, Any]:
-    """What makes two invocations the same run (so the second resumes the first)."""
+def run_identity(base_dir: Path, data: Path | Sequence[Path], cfg: TrainConfig, prep: Prepared) -> dict[str, Any]:
+    """What makes two invocations the same run (so the second resumes the first). ``examples`` travels
+    into the merged checkpoint's phibox-train.json: per-file and feedback counts included."""
+    paths = data_paths(data)
     return {
         "base_dir": str(base_dir.resolve()),
         "base_model": base_model_id(base_dir),
-        "data_path": str(data_path.resolve()),
+        "data_path": str(paths[0].resolve()),
+        "data_paths": [str(p.resolve()) for p in paths],
         "data_sha256": prep.data.sha256,
         "config": cfg.to_dict(),
         "config_sha256": cfg.digest(),
-        "examples": {"train": len(prep.train), "eval": len(prep.eval), "skipped": len(prep.skipped)},
+        "examples": {"train": len(prep.train), "eval": len(prep.eval), "skipped": len(prep.skipped),
+                     **data_summary(prep.data)},
     }
+
+
+def data_summary(data: LoadedData) -> dict[str, Any]:
+    """Where the examples came from: per --data file, and how many from kiosk feedback."""
+    return {"by_file": data.files, "feedback": data.feedback_counts()}
 
 
 def base_model_id(base_dir: Path) -> str:
@@ -113,9 +129,10 @@ def make_optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-def finetune(base_dir: Path, data_path: Path, run_dir: Path, cfg: TrainConfig, *, skip_invalid: bool = False,
-             eval_path: Path | None = None, show_progress: bool = True) -> RunResult:
-    """Fine-tune Phi-3 on data_path into run_dir; resumes from run_dir's last checkpoint."""
+def finetune(base_dir: Path, data_path: Path | Sequence[Path], run_dir: Path, cfg: TrainConfig, *,
+             skip_invalid: bool = False, eval_path: Path | None = None, show_progress: bool = True) -> RunResult:
+    """Fine-tune Phi-3 on data_path (one file or several, in order) into run_dir; resumes from
+    run_dir's last checkpoint."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer, get_scheduler
@@ -206,7 +223,7 @@ def finetune(base_dir: Path, data_path: Path, run_dir: Path, cfg: TrainConfig, *
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(run_dir / "adapter")
-        write_metrics(run_dir, state, result, counts)
+        write_metrics(run_dir, state, result, counts, data_summary(prep.data))
         from phibox.train.report import write_report
 
         write_report(run_dir, unwrapped, tokenizer, prep.eval_examples, state, cfg)
@@ -214,8 +231,10 @@ def finetune(base_dir: Path, data_path: Path, run_dir: Path, cfg: TrainConfig, *
     return result
 
 
-def write_metrics(run_dir: Path, state: checkpoint.TrainState, result: RunResult, counts: dict[str, int]) -> None:
+def write_metrics(run_dir: Path, state: checkpoint.TrainState, result: RunResult, counts: dict[str, int],
+                  data: dict[str, Any] | None = None) -> None:
     metrics = {
+        "data": data or {},
         "steps": result.steps,
         "eval_loss_before": result.eval_loss_before,
         "eval_loss_after": result.eval_loss_after,

@@ -89,6 +89,7 @@ def write_report(run_dir: Path, model: Any, tokenizer: Any, eval_examples: Seque
         f"- method: {cfg.method}, LoRA r={cfg.lora_rank} alpha={cfg.lora_alpha} on {', '.join(cfg.target_modules)}",
         f"- steps: {metrics['steps']}, tokens/s: {metrics['tokens_per_s']}",
         f"- eval loss: {metrics['eval_loss_before']:.4f} before → {metrics['eval_loss_after']:.4f} after",
+        *data_lines(metrics.get("data", {})),
         "",
         "![loss curve](loss.png)",
         "",
@@ -103,6 +104,23 @@ def write_report(run_dir: Path, model: Any, tokenizer: Any, eval_examples: Seque
     out = run_dir / "report.md"
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def data_lines(data: dict[str, Any]) -> list[str]:
+    """Where the examples came from: one line per --data file, then the kiosk-feedback totals."""
+    if not data:
+        return []
+    lines = ["", "## Data", "", "| file | examples | from feedback | reviewed | unreviewed | not covered | skipped |",
+             "|---|---|---|---|---|---|---|"]
+    for f in data.get("by_file", []):
+        lines.append(f"| {_cell(f['file'])} | {f['examples']} | {f['feedback']} | {f['feedback_reviewed']} | "
+                     f"{f['feedback_unreviewed']} | {f['not_covered']} | {f['skipped']} |")
+    fb = data.get("feedback", {})
+    if fb:
+        lines += ["", f"- from kiosk feedback: {fb['feedback']} of {fb['examples']} examples "
+                      f"({fb['feedback_reviewed']} reviewed by an admin, {fb['feedback_unreviewed']} not reviewed); "
+                      f"{fb['not_covered']} teach the \"not covered\" refusal"]
+    return lines
 
 
 def _cell(text: str, limit: int = 300) -> str:
