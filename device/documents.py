@@ -144,6 +144,18 @@ class Documents:
                 conn.close()
         self.lock_path.unlink(missing_ok=True)  # nothing beside the file: it is shipped, not written
 
+    @contextmanager
+    def feedback(self) -> Iterator[db.Connection]:
+        """A connection for the feedback table (rag/feedback.py), schema up to date, each statement its
+        own short transaction. It does not take the writer lock: a rating made while a re-index or
+        ingest runs waits only for the document being committed (SQLite's busy timeout), not the job."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        store = DocumentStore.open(self.path)  # migrates; a migration commits in one short transaction
+        try:
+            yield store.conn
+        finally:
+            store.close()
+
     # --- reading: one long-lived connection per thread ---------------------------------------
     def exists(self) -> bool:
         return self.path.is_file()

@@ -141,7 +141,7 @@ def test_a_schema_2_database_gets_the_cjk_index_in_place_and_chinese_questions_f
     assert not old.has_cjk_index() and search(old, None, "压力低", EngineConfig(), keyword_only=True).hits == []
     old.close()
     store = DocumentStore.open(path)
-    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 3 and store.has_cjk_index()
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] >= 3 and store.has_cjk_index()
     hits = search(store, None, "压力低怎么办", EngineConfig(), keyword_only=True).hits
     assert [h.source for h in hits] == ["zh.md"]
     assert search(store, None, "E42 检查油位", EngineConfig(), keyword_only=True).hits[0].source == "zh.md"

@@ -30,7 +30,7 @@ import numpy as np
 
 from phibox.device.errors import DatabaseError
 from phibox.device.faults import pause_at
-from phibox.device.rag import cjk, db
+from phibox.device.rag import cjk, db, feedback
 from phibox.device.rag.bitscan import BitScan
 from phibox.device.rag.embedder import EmbedderSpec
 
@@ -116,14 +116,10 @@ def _m2_coarse_bits(conn: db.Connection) -> None:
     conn.execute(f"DROP TABLE {old}")
 
 
-def _m3_cjk_bigrams(conn: db.Connection) -> None:
-    """A keyword index of the chunks' CJK text as character bigrams (cjk.py says why not trigram):
-    a Chinese question finds Chinese manual text."""
-    cjk.create_index(conn)
-
-
-MIGRATIONS: list[Callable[[db.Connection], None]] = [_m1_initial, _m2_coarse_bits, _m3_cjk_bigrams]
-"""Migration n (1-based) brings the schema from version n-1 to n. Append; never edit."""
+MIGRATIONS: list[Callable[[db.Connection], None]] = [_m1_initial, _m2_coarse_bits, cjk.create_index,
+                                                     feedback.create_table]
+"""Migration n (1-based) brings the schema from version n-1 to n. Append; never edit. 3: the CJK bigram
+index (rag/cjk.py), 4: the technicians' ratings (rag/feedback.py)."""
 
 
 def migrate(conn: db.Connection) -> int:
@@ -134,9 +130,10 @@ def migrate(conn: db.Connection) -> int:
             f"the documents database has schema {current}, newer than this phibox knows: upgrade phibox")
     for version in range(current + 1, len(MIGRATIONS) + 1):
         conn.execute("BEGIN IMMEDIATE")
-        try:
-            MIGRATIONS[version - 1](conn)
-            conn.execute(f"PRAGMA user_version = {version}")
+        try:  # another connection (a rating beside an ingest) may have migrated since the first look
+            if conn.execute("PRAGMA user_version").fetchone()[0] < version:
+                MIGRATIONS[version - 1](conn)
+                conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
