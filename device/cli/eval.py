@@ -1,6 +1,9 @@
 """`phibox eval retrieval EVAL.jsonl`: hit@1, hit@5 and MRR of retrieval on known questions, and the
 precision and recall of "not covered"; with --calibrate OUT.json, the relevance decision fitted on
-the set (export ships that file in the bundle)."""
+the set (export ships that file in the bundle).
+
+`phibox eval answers --bundle A --bundle B --data reviewed.jsonl`: bundles' answers to reviewed
+questions side by side (cli/eval_answers.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,18 @@ from phibox.device.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=("retrieval",), help="what to evaluate")
+    from phibox.device.cli import eval_answers
+
+    sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
+    eval_answers.add_arguments(sub.add_parser(
+        "answers", help="compare bundles' answers to reviewed questions (retrieval hit, citations, token F1)",
+        description="compare bundles' answers to reviewed questions (retrieval hit, citations, token F1)"))
+    add_retrieval_arguments(sub.add_parser(
+        "retrieval", help="hit@1, hit@5, MRR and 'not covered' precision/recall on known questions",
+        description="hit@1, hit@5, MRR and 'not covered' precision/recall on known questions"))
+
+
+def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("eval_file", type=Path,
                         help='JSONL of {"question", "document", "section"}; "document": null marks a question '
                              "the manuals do not cover")
@@ -32,6 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what == "answers":
+        from phibox.device.cli import eval_answers
+
+        return eval_answers.run(args)
+    return run_retrieval(args)
+
+
+def run_retrieval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from phibox.device.documents import Documents
