@@ -1,6 +1,7 @@
 """The kiosk's Flask app: ``create_app(service, config)`` builds everything; nothing at import time.
 
-Routes live in kiosk.py (page and /api), openai_api.py (/v1), admin.py (/admin) and here
+Routes live in kiosk.py (page and /api), feedback.py (/api/feedback, /admin/feedback), openai_api.py
+(/v1), admin.py (/admin) and here
 (/healthz, /metrics).
 Every response carries a strict Content-Security-Policy: the page loads nothing from elsewhere.
 """
@@ -18,7 +19,8 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 
 from phibox.device.service import DeviceService
-from phibox.device.web import admin, auth, i18n, kiosk, openai_api
+from phibox.device.web import admin, auth, feedback, i18n, kiosk, openai_api
+from phibox.device.web.answers import FeedbackInbox, RecentAnswers
 from phibox.device.web.context import bearer_token, is_loopback
 from phibox.device.web.metrics import Metrics
 from phibox.device.web.settings import ServeConfig
@@ -38,6 +40,8 @@ def create_app(service: DeviceService, config: ServeConfig) -> Flask:
     app.config.update(
         PHIBOX_SERVICE=service, PHIBOX_SERVE=config, PHIBOX_LIMITER=auth.LoginLimiter(),
         PHIBOX_CLIENT_JOBS=openai_api.ClientJobs(),
+        PHIBOX_RECENT_ANSWERS=RecentAnswers(config.recent_answers),
+        PHIBOX_FEEDBACK_INBOX=FeedbackInbox(service.documents),
         PHIBOX_UPLOADS=UploadArea(service.state_dir.incoming) if service.state_dir else None,
         SECRET_KEY=auth.session_secret(service.state_dir) if service.state_dir else secrets.token_bytes(32),
         SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
@@ -48,6 +52,8 @@ def create_app(service: DeviceService, config: ServeConfig) -> Flask:
     app.register_blueprint(kiosk.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(feedback.kiosk_bp)
+    app.register_blueprint(feedback.admin_bp)
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, render_template, request, stream_with_context
+from flask import Blueprint, Response, current_app, g, jsonify, render_template, request, stream_with_context
 
-from phibox.device.engine import Engine, Unavailable
+from phibox.device.engine import Answer, Engine, Unavailable
 from phibox.device.errors import PhiboxError
 from phibox.device.rag.budget import QuestionTooLongError
 from phibox.device.web import script_text
+from phibox.device.web.answers import RecentAnswers
 from phibox.device.web.context import HttpError, service, settings
 from phibox.device.web.i18n import gettext as _
 from phibox.device.web.i18n import ngettext
@@ -118,4 +119,16 @@ def api_ask() -> Response | tuple[Response, int] | tuple[Response, int, dict[str
         return unavailable(exc)
     except QuestionTooLongError as exc:
         raise BadQuestion(_("The question is too long for the model: ask it more briefly."), 413) from exc
-    return Response(stream_with_context(kiosk_stream(answering)), mimetype="text/event-stream", headers=HEADERS)
+    svc, recent = service(), recent_answers()
+    manifest = svc.bundle.manifest
+    backend = svc.slot.backend.name if svc.slot.backend else svc.backend_name or "-"
+
+    def remember(answer: Answer) -> str:
+        return recent.remember(question, answer, manifest.name, manifest.version, backend)
+
+    return Response(stream_with_context(kiosk_stream(answering, remember)), mimetype="text/event-stream",
+                    headers=HEADERS)
+
+
+def recent_answers() -> RecentAnswers:
+    return current_app.config["PHIBOX_RECENT_ANSWERS"]

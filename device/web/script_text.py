@@ -37,6 +37,11 @@ def kiosk() -> dict[str, object]:
         "not_covered": not_covered(),
         "engine": {NOT_COVERED: not_covered(), NO_MANUALS: no_manuals()},
         "states": model_states(),
+        "passage_n": _("Passage %(n)s"),
+        "missing": _("The right passage is missing"),
+        "none": _("No passage chosen"),
+        "thanks": _("Thank you: this helps make the answers better."),
+        "thanks_more": _("Thank you. If you know better, tell us below."),
     }
 
 
@@ -52,4 +57,11 @@ def admin() -> dict[str, object]:
         "choose_document": _("Choose a document first."),
         "installed": _("Installed %(name)s v%(version)s: health check ok, now active."),
         "saved": _("Saved %(name)s; indexing…"),
+    }
+
+
+def admin_feedback() -> dict[str, object]:
+    return {
+        "saved": _("Saved as a reviewed answer."),
+        "refused": _("Refused: %(error)s"),
     }

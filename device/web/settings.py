@@ -30,6 +30,10 @@ class ServeConfig:
     """WSGI worker threads; 0 means queue_size + 6 (streams waiting in the queue hold a thread each)."""
     max_question_chars: int = 1000
     """Longer questions get HTTP 413."""
+    max_correction_chars: int = 2000
+    """Longest correction a technician may send with a rating (/api/feedback); longer gets HTTP 413."""
+    recent_answers: int = 500
+    """Finished answers kept in memory for rating; a rating of an older one gets 404 (ask again)."""
     retry_after_s: int = 10
     """Retry-After seconds sent with 503 answers."""
     log_questions: bool = False
@@ -92,6 +96,8 @@ class ServeConfig:
             raise ConfigError("queue_size must be at least 1")
         if self.max_question_chars < 10:
             raise ConfigError("max_question_chars must be at least 10")
+        if self.max_correction_chars < 1 or self.recent_answers < 1:
+            raise ConfigError("max_correction_chars and recent_answers must be at least 1")
         if self.load_attempts < 1 or self.load_retry_s < 0:
             raise ConfigError("load_attempts must be at least 1 and load_retry_s not negative")
         if self.backend not in ("", "gguf", "onnx"):

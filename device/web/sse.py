@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from phibox.device.engine import Answer, Answering
@@ -39,10 +39,11 @@ def done_json(answer: Answer) -> dict[str, Any]:
                         "total_ms": t.total_ms}}
 
 
-def kiosk_stream(answering: Answering) -> Iterator[str]:
+def kiosk_stream(answering: Answering, remember: Callable[[Answer], str] | None = None) -> Iterator[str]:
     """The kiosk's answer stream: passages, token…, done (or error). The passages event says
     ``covered``: false means the manuals do not cover the question and the passages are only the
-    closest ones ("closest, probably not it"); the not-covered text follows, no model answer."""
+    closest ones ("closest, probably not it"); the not-covered text follows, no model answer.
+    ``remember`` keeps a finished answer and names it: its ``answer_id`` in done is what a rating sends."""
     for event in answering.events(keepalive_s=1.0):
         if event.kind == "waiting":
             yield KEEPALIVE
@@ -54,4 +55,7 @@ def kiosk_stream(answering: Answering) -> Iterator[str]:
         elif event.kind == "error":
             yield sse("error", {"error": event.data})
         else:
-            yield sse("done", done_json(event.data))
+            done = done_json(event.data)
+            if remember is not None and event.data.finish_reason != "cancelled":
+                done["answer_id"] = remember(event.data)
+            yield sse("done", done)

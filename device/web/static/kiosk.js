@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { passages: [], controller: null, question: "", covered: true };
+const state = { passages: [], controller: null, question: "", covered: true, answerId: null };
 // The page's words in its language, rendered by the server (script_text.py): no English here.
 const T = JSON.parse($("i18n").textContent);
 const LANG = document.documentElement.lang;
@@ -154,6 +154,7 @@ async function ask(question) {
   $("error").textContent = "";
   $("answer-box").hidden = true;
   $("timings").textContent = "";
+  resetRating(null);
   remember(question);
   setBusy(true);
   try {
@@ -192,6 +193,7 @@ async function ask(question) {
         } else {
           renderAnswer(data.text);
         }
+        resetRating(data.answer_id || null);
         const t = data.timings || {};
         if (data.cached) {
           $("timings").textContent = fmt(T.cached, { ms: num(t.retrieval_ms, 0) });
@@ -208,7 +210,60 @@ async function ask(question) {
   }
 }
 
+// Rating: one tap stores Helpful / Not helpful; after Not helpful an optional correction and the
+// passage that was wrong (or that the right one is missing) can follow with Send. No names.
+function resetRating(answerId) {
+  state.answerId = answerId;
+  $("rate").hidden = !answerId;
+  $("rate-more").hidden = true;
+  $("rate-thanks").textContent = "";
+  $("correction").value = "";
+  for (const b of [$("rate-up"), $("rate-down")]) b.setAttribute("aria-pressed", "false");
+}
+
+async function sendRating(rating, extra) {
+  if (!state.answerId) return;
+  const response = await fetch("/api/feedback", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ answer_id: state.answerId, rating, ...extra }),
+  }).catch((err) => ({ ok: false, json: async () => ({ error: fmt(T.lost, { error: err.message }) }) }));
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) { $("rate-thanks").textContent = data.error || T.failed; return false; }
+  return true;
+}
+
+async function rate(rating) {
+  $("rate-up").setAttribute("aria-pressed", String(rating === "helpful"));
+  $("rate-down").setAttribute("aria-pressed", String(rating === "not_helpful"));
+  const ok = await sendRating(rating, {});
+  if (!ok) return;
+  if (rating === "helpful") {
+    $("rate-more").hidden = true;
+    $("rate-thanks").textContent = T.thanks;
+    return;
+  }
+  const select = $("wrong-passage");
+  select.replaceChildren(new Option(T.none, ""));
+  state.passages.forEach((_, i) => select.append(new Option(fmt(T.passage_n, { n: i + 1 }), String(i + 1))));
+  select.append(new Option(T.missing, "missing"));
+  $("rate-more").hidden = false;
+  $("rate-thanks").textContent = T.thanks_more;
+}
+
+async function sendMore() {
+  const choice = $("wrong-passage").value;
+  const extra = { correction: $("correction").value };
+  if (choice) extra.passage = choice === "missing" ? "missing" : Number(choice);
+  if (await sendRating("not_helpful", extra)) {
+    $("rate-more").hidden = true;
+    $("rate-thanks").textContent = T.thanks;
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  $("rate-up").addEventListener("click", () => rate("helpful"));
+  $("rate-down").addEventListener("click", () => rate("not_helpful"));
+  $("rate-more").addEventListener("submit", (e) => { e.preventDefault(); sendMore(); });
   $("ask").addEventListener("submit", (e) => { e.preventDefault(); ask($("q").value); });
   $("stop").addEventListener("click", () => { if (state.controller) state.controller.abort(); });
   $("p-close").addEventListener("click", () => $("passage").close());
