@@ -189,7 +189,7 @@ def test_the_loop_end_to_end(tiny_phi3: Path, tiny_bundle_dir: Path, admin_keys,
     assert "data plant7-feedback.jsonl: 3 examples, 3 from feedback (2 reviewed), 1 'not covered'" in out
     feedback_counts = json.loads((run / "metrics.json").read_text())["data"]["feedback"]
     assert feedback_counts == {"examples": 25, "feedback": 3, "feedback_reviewed": 2, "feedback_unreviewed": 1,
-                               "not_covered": 2}  # demo/qa.jsonl's own football refusal + the canteen one
+                               "not_covered": 1}  # the canteen question (demo/qa.jsonl words its refusal otherwise)
     assert "from kiosk feedback: 3 of 25 examples" in (run / "report.md").read_text()
 
     assert main(["merge", str(run), "--out", str(tmp_path / "merged")]) == 0
