@@ -270,3 +270,36 @@ def test_a_chinese_page_has_a_cjk_font(kiosk, browser) -> None:
     assert plain != cjk, "Chromium does not use Noto Sans CJK SC: Chinese text may show as boxes"
     browser.get(kiosk["url"] + "/?lang=en")
     browser.delete_all_cookies()
+
+
+def test_a_technician_rates_and_corrects_an_answer_and_the_admin_sees_it(kiosk, browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    ask(browser, kiosk["url"], "What does press error E42 mean for the pump?")
+    wait_for(lambda: browser.find_element(By.ID, "rate").is_displayed(), timeout=120)
+    down = browser.find_element(By.ID, "rate-down")
+    assert down.size["height"] >= 44 and down.size["width"] >= 44  # a gloved finger hits it
+    down.click()
+    wait_for(lambda: browser.find_element(By.ID, "rate-more").is_displayed())
+    browser.find_element(By.ID, "correction").send_keys("Check the hydraulic oil level before the pump.")
+    Select(browser.find_element(By.ID, "wrong-passage")).select_by_value("1")
+    browser.save_screenshot(str(ARTIFACTS / "kiosk-feedback.png"))
+    browser.find_element(By.ID, "rate-send").click()
+    wait_for(lambda: "Thank you:" in browser.find_element(By.ID, "rate-thanks").text)
+    assert not browser.find_element(By.ID, "rate-more").is_displayed()
+
+    browser.get(kiosk["url"] + "/admin/feedback")
+    if browser.current_url.endswith("/admin/login"):
+        browser.find_element(By.ID, "password").send_keys(PASSWORD)
+        browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+        wait_for(lambda: browser.find_elements(By.ID, "feedback-link"))
+        browser.get(kiosk["url"] + "/admin/feedback")
+    item = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "article.feedback-item.not_helpful"))[0]
+    assert "What does press error E42 mean for the pump?" in item.text
+    assert "Check the hydraulic oil level before the pump." in item.text
+    assert "0 %" in browser.find_element(By.ID, "by-version").text
+    item.find_element(By.CSS_SELECTOR, "input[name=passage][value='1']").click()
+    item.find_element(By.CSS_SELECTOR, "form.review button").click()
+    wait_for(lambda: "Saved" in item.find_element(By.CSS_SELECTOR, ".result").text)
+    browser.save_screenshot(str(ARTIFACTS / "admin-feedback.png"))
