@@ -137,13 +137,14 @@ def index_for(bundle: Any, cfg: Any, args: argparse.Namespace, scratch: Path) ->
     from phibox.device.cli.common import load_embedder
     from phibox.device.documents import Documents
     from phibox.device.lifecycle.activation import prebuilt_index
+    from phibox.device.rag.embedder import EmbedderSpec
 
     label = f"{bundle.manifest.name} v{bundle.manifest.version}"
     scratch.mkdir(parents=True)
     shipped = prebuilt_index(bundle)
     if args.db is not None:
         documents = Documents(args.db)
-        spec = load_embedder(bundle, cfg).spec
+        spec = EmbedderSpec.load(bundle.embedder_dir)  # the spec only: no model loaded to compare ids
         if documents.embedder_id() != (spec.id, spec.dim):
             raise ConfigError(f"{args.db} was indexed with {documents.embedder_id()}, {label} embeds with "
                               f"{spec.id}: pass --docs MANUALS so each bundle gets its own index")

@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from phibox.device.documents import Documents
 from phibox.device.engine import Answer
@@ -39,13 +39,9 @@ class RecentAnswers:
         """Keep a finished answer; returns its new id."""
         passages = [{k: v for k, v in passage_json(n, hit).items() if k not in ("n", "score")}
                     | {"cited": n in answer.cited} for n, hit in enumerate(answer.passages, 1)]
-        t = answer.timings
         shown = feedback.ShownAnswer(
             question=question, answer=answer.text, passages=passages, covered=answer.covered, cached=answer.cached,
-            bundle_name=bundle_name, bundle_version=bundle_version, backend=backend,
-            timings={"retrieval_ms": t.retrieval_ms, "prompt_tokens": t.prompt_tokens,
-                     "queue_wait_ms": t.queue_wait_ms, "first_token_ms": t.first_token_ms,
-                     "generated_tokens": t.generated_tokens, "tokens_per_s": t.tokens_per_s, "total_ms": t.total_ms})
+            bundle_name=bundle_name, bundle_version=bundle_version, backend=backend, timings=asdict(answer.timings))
         answer_id = secrets.token_urlsafe(18)
         with self._lock:
             self._answers[answer_id] = shown

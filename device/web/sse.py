@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from typing import Any
 
 from phibox.device.engine import Answer, Answering
@@ -29,14 +30,10 @@ def passages_json(hits: list[Hit]) -> list[dict[str, Any]]:
 
 
 def done_json(answer: Answer) -> dict[str, Any]:
-    t = answer.timings
     return {"text": answer.text, "covered": answer.covered, "finish_reason": answer.finish_reason,
             "cached": answer.cached,
             "citations": [passage_json(n, answer.passages[n - 1]) for n in answer.cited],
-            "timings": {"retrieval_ms": t.retrieval_ms, "prompt_tokens": t.prompt_tokens,
-                        "queue_wait_ms": t.queue_wait_ms, "first_token_ms": t.first_token_ms,
-                        "generated_tokens": t.generated_tokens, "tokens_per_s": t.tokens_per_s,
-                        "total_ms": t.total_ms}}
+            "timings": asdict(answer.timings)}
 
 
 def kiosk_stream(answering: Answering, remember: Callable[[Answer], str] | None = None) -> Iterator[str]:
